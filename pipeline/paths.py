@@ -1,0 +1,52 @@
+"""Where each stage reads and writes, relative to the project root.
+
+These are the `deps`/`outs` of `dvc.yaml`; `tests/test_dvc_yaml.py` checks the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data")
+MODELS = Path("models")
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+SCRATCH = Path("scratch")  # resumable state kept outside DVC outputs (persisted, git-ignored)
+
+STUDENT_VARIANTS = ("distilled", "baseline")
+
+
+def prepared_dir(task: str) -> Path:
+    return DATA / "glue" / task
+
+
+def prepared_split(task: str, split: str) -> Path:
+    return prepared_dir(task) / f"{split}.parquet"
+
+
+def augmented(task: str) -> Path:
+    return DATA / "augmented" / f"{task}.parquet"
+
+
+def logits(task: str) -> Path:
+    return DATA / "logits" / f"{task}.parquet"
+
+
+def teacher_dir(task: str) -> Path:
+    return MODELS / "teacher" / task
+
+
+def student_dir(task: str, variant: str) -> Path:
+    return MODELS / "student" / task / variant
+
+
+def metrics_file(task: str) -> Path:
+    return METRICS / f"{task}.json"
+
+
+def speed_file(task: str) -> Path:
+    return METRICS / f"{task}_speed.json"
+
+
+def label_scratch(task: str) -> Path:
+    return SCRATCH / "label" / task

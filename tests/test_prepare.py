@@ -1,0 +1,288 @@
+"""`prepare`: GLUE TSV readers on the real data, malformed rows, MNLI layout, download, CLI."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline import paths
+from pipeline.errors import PipelineError
+from pipeline.io import SPLIT_SCHEMA, read_metadata
+from pipeline.prepare import main as prepare_main
+from pipeline.prepare import prepare_split
+from pipeline.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MNLI_TRAIN_HEADER = (
+    "index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
+    "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label"
+).split()
+MNLI_DEV_HEADER = MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
+
+
+def _mnli_row(i: int, a: str, b: str, gold: str, dev: bool) -> str:
+    parse_a, parse_b = f"( ( {a} ) )", f"( ( {b} ) )"
+    votes = [gold] * (5 if dev else 1)
+    fields = [str(i), str(1000 + i), f"{1000 + i}e", "fiction", parse_a, parse_b,
+              f"(ROOT {parse_a})", f"(ROOT {parse_b})", a, b, *votes, gold]
+    return "\t".join(fields)
+
+
+def write_mnli_fixture(root: Path) -> Path:
+    """A small MNLI directory in the exact GLUE layout (12 columns train, 16 dev)."""
+    mnli = root / "MNLI"
+    mnli.mkdir(parents=True)
+    rows = [
+        ("The cat sat on the mat.", "A cat is sitting.", "entailment"),
+        ("He never said \"yes\".", "He agreed loudly.", "contradiction"),
+        ("Prices rose in May.", "Inflation was high all year.", "neutral"),
+        ("She plays the violin.", "She is a musician.", "entailment"),
+    ]
+    train = [_mnli_row(i, *r, dev=False) for i, r in enumerate(rows)]
+    (mnli / "train.tsv").write_text("\t".join(MNLI_TRAIN_HEADER) + "\n" + "\n".join(train) + "\n")
+    for name in ("dev_matched", "dev_mismatched"):
+        dev = [_mnli_row(i, *r, dev=True) for i, r in enumerate(rows[:3])]
+        (mnli / f"{name}.tsv").write_text("\t".join(MNLI_DEV_HEADER) + "\n" + "\n".join(dev) + "\n")
+    return root
+
+
+def write_params(directory: Path, tasks: list[str], **data) -> Path:
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump({"tasks": tasks, "data": data}))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- real data
+
+
+@pytest.mark.parametrize(
+    ("task", "counts"),
+    [("sst2", {"train": 67349, "dev": 872, "test": 1821}), ("qqp", {"train": 19999, "dev": 3497})],
+)
+def test_real_glue_row_counts(workdir, glue_dir, task, counts):
+    prepare_main(task, write_params(workdir, [task], glue_dir=str(glue_dir)))
+    written = {p.stem: pq.read_table(p) for p in sorted(paths.prepared_dir(task).glob("*.parquet"))}
+    assert {k: t.num_rows for k, t in written.items()} == counts
+    for table in written.values():
+        assert table.schema.equals(SPLIT_SCHEMA, check_metadata=False)
+
+
+def test_sst2_rows_are_exact(workdir, glue_dir):
+    prepare_main("sst2", write_params(workdir, ["sst2"], glue_dir=str(glue_dir)))
+    train = pq.read_table(paths.prepared_split("sst2", "train")).to_pylist()
+    assert train[0] == {"idx": 0, "text_a": "hide new secretions from the parental units",
+                        "text_b": None, "label": 0}
+    assert sum(r["label"] for r in train) == 37569  # SOURCES.md: 37569 positives
+    test = pq.read_table(paths.prepared_split("sst2", "test")).column("label").to_pylist()
+    assert set(test) == {-1}
+
+
+def test_qqp_malformed_first_row_is_reported_and_skipped(workdir, glue_dir, caplog):
+    prepare_main("qqp", write_params(workdir, ["qqp"], glue_dir=str(glue_dir)))
+    train = pq.read_table(paths.prepared_split("qqp", "train"))
+    assert train.column("idx")[0].as_py() == 1  # data row 0 (file line 2) was skipped
+    assert "skipped 1 malformed row(s): line 2: 5 fields, header has 6" in caplog.text
+    meta = read_metadata(paths.prepared_split("qqp", "train"))
+    assert (meta["source_rows"], meta["skipped_rows"]) == (20000, 1)
+
+
+def test_quotes_are_kept_literally(workdir, glue_dir):
+    """GLUE text holds literal quotes; csv-style quoting would alter 421 QQP questions."""
+    prepare_main("qqp", write_params(workdir, ["qqp"], glue_dir=str(glue_dir)))
+    questions = pq.read_table(paths.prepared_split("qqp", "train")).column("text_a").to_pylist()
+    raw = (glue_dir / "QQP" / "train.tsv").read_text().split("\n")[2:]  # header + malformed row
+    expected = [line.split("\t")[3].strip() for line in raw if line]
+    assert questions == expected
+    assert sum('"' in q for q in questions) > 100
+
+
+def test_outputs_are_byte_identical_across_runs(workdir, glue_dir):
+    params = write_params(workdir, ["qqp"], glue_dir=str(glue_dir))
+    prepare_main("qqp", params)
+    first = {p.name: p.read_bytes() for p in paths.prepared_dir("qqp").iterdir()}
+    prepare_main("qqp", params)
+    assert {p.name: p.read_bytes() for p in paths.prepared_dir("qqp").iterdir()} == first
+
+
+def test_glue_dir_env_is_used_when_param_is_null(workdir, glue_dir, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+    prepare_main("sst2", write_params(workdir, ["sst2"], max_train_rows=10, max_eval_rows=5))
+    assert pq.read_table(paths.prepared_split("sst2", "train")).num_rows == 10
+    assert pq.read_table(paths.prepared_split("sst2", "dev")).num_rows == 5
+
+
+# --------------------------------------------------------------------------- MNLI layout
+
+
+def test_mnli_fixture_in_glue_layout(workdir):
+    root = write_mnli_fixture(workdir / "glue")
+    prepare_main("mnli", write_params(workdir, ["mnli"], glue_dir=str(root)))
+    out = paths.prepared_dir("mnli")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dev_matched.parquet", "dev_mismatched.parquet", "train.parquet"]
+    train = pq.read_table(out / "train.parquet").to_pylist()
+    assert [r["label"] for r in train] == [0, 2, 1, 0]
+    assert train[1]["text_a"] == 'He never said "yes".'
+    assert train[1]["text_b"] == "He agreed loudly."
+    assert pq.read_table(out / "dev_mismatched.parquet").num_rows == 3
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+SST2 = get_task("sst2")
+
+
+def test_malformed_rows_are_counted_and_skipped():
+    tsv = "sentence\tlabel\ngood film\t1\ntoo\tmany\tfields\nbad label\t7\n\t0\nfine\t0\n"
+    result = prepare_split(tsv, SST2, SST2.train_split, "x.tsv", None, max_bad_fraction=0.8)
+    assert result.table.column("idx").to_pylist() == [0, 4]
+    assert [n for n, _ in result.bad_lines] == [3, 4, 5]
+    assert "label '7' not in" in result.bad_lines[1][1]
+    assert result.bad_lines[2][1] == "empty text"
+
+
+def test_too_many_malformed_rows_fail():
+    tsv = "sentence\tlabel\ngood\t1\nbad\n"
+    with pytest.raises(PipelineError, match=r"1 of 2 rows malformed .*max_bad_fraction=0.1.*line 3"):
+        prepare_split(tsv, SST2, SST2.train_split, "x.tsv", None, max_bad_fraction=0.1)
+
+
+def test_wrong_header_fails():
+    with pytest.raises(PipelineError, match="header lacks column\\(s\\) label"):
+        prepare_split("sentence\tscore\nok\t1\n", SST2, SST2.train_split, "x.tsv", None, 0.1)
+
+
+def test_empty_split_fails():
+    with pytest.raises(PipelineError, match="empty file"):
+        prepare_split("", SST2, SST2.train_split, "x.tsv", None, 0.1)
+    with pytest.raises(PipelineError, match="no usable rows"):
+        prepare_split("sentence\tlabel\n", SST2, SST2.train_split, "x.tsv", None, 0.1)
+
+
+def test_a_bad_split_leaves_earlier_outputs_untouched(workdir):
+    root = workdir / "glue" / "SST-2"
+    root.mkdir(parents=True)
+    (root / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (root / "dev.tsv").write_text("sentence\tlabel\ngreat\t1\n")
+    params = write_params(workdir, ["sst2"], glue_dir=str(workdir / "glue"))
+    prepare_main("sst2", params)
+    before = {p.name: p.read_bytes() for p in paths.prepared_dir("sst2").iterdir()}
+    (root / "train.tsv").write_text("sentence\tlabel\nchanged\t1\n")
+    (root / "dev.tsv").write_text("sentence\tscore\ngreat\t1\n")  # wrong header
+    with pytest.raises(PipelineError, match="header lacks"):
+        prepare_main("sst2", params)
+    assert {p.name: p.read_bytes() for p in paths.prepared_dir("sst2").iterdir()} == before
+    assert sorted(p.name for p in paths.prepared_dir("sst2").parent.iterdir()) == ["sst2"]
+
+
+def test_missing_file_fails(workdir):
+    (workdir / "glue" / "SST-2").mkdir(parents=True)
+    with pytest.raises(PipelineError, match="train.tsv: missing"):
+        prepare_main("sst2", write_params(workdir, ["sst2"], glue_dir=str(workdir / "glue")))
+    assert not paths.prepared_dir("sst2").exists()
+
+
+def test_missing_glue_dir_fails(workdir):
+    with pytest.raises(PipelineError, match="data.glue_dir=.*no such directory"):
+        prepare_main("sst2", write_params(workdir, ["sst2"], glue_dir=str(workdir / "nope")))
+
+
+# --------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def glue_server(tmp_path, glue_dir):
+    """Serve official-style GLUE archives (SST-2.zip with real rows) on 127.0.0.1."""
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / "SST-2.zip", "w") as zf:
+        for name in ("train.tsv", "dev.tsv"):
+            lines = (glue_dir / "SST-2" / name).read_text().split("\n")[:51]
+            zf.writestr(f"SST-2/{name}", "\n".join(lines) + "\n")
+    (site / "QQP-clean.zip").write_text("this is not a zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_from_archive_server(workdir, glue_server, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    cache = workdir / "cache"
+    params = write_params(workdir, ["sst2"], download_url=glue_server, download_cache=str(cache))
+    prepare_main("sst2", params)
+    assert pq.read_table(paths.prepared_split("sst2", "train")).num_rows == 50
+    assert (cache / "SST-2" / "train.tsv").is_file()
+    shutil.rmtree(paths.DATA)
+    prepare_main("sst2", params)  # second run reads the cache
+    assert pq.read_table(paths.prepared_split("sst2", "dev")).num_rows == 50
+
+
+def test_download_errors_are_one_line(workdir, glue_server, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    params = write_params(workdir, ["qqp"], download_url=glue_server, download_cache=str(workdir / "c"))
+    with pytest.raises(PipelineError, match="QQP-clean.zip: not a zip archive"):
+        prepare_main("qqp", params)
+    params = write_params(workdir, ["mnli"], download_url=glue_server, download_cache=str(workdir / "c"))
+    with pytest.raises(PipelineError, match="cannot download .*MNLI.zip.*set GLUE_DIR"):
+        prepare_main("mnli", params)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_lists_every_stage(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for stage in ("prepare", "teacher", "augment", "label", "student", "evaluate", "report", "predict"):
+        assert stage in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "setup", "message"),
+    [
+        (["prepare", "--task", "cola"], None, "error: unknown task 'cola'"),
+        (["prepare", "--task", "sst2"], "no-params", "error: params.yaml: params file not found"),
+        (["prepare", "--task", "sst2"], "bad-params", "error: params.yaml: data.max_bad_fraction"),
+        (["prepare", "--task", "sst2"], "missing-file", "error: /"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_1(tmp_path, args, setup, message):
+    if setup != "no-params":
+        data = {"max_bad_fraction": 3} if setup == "bad-params" else {"glue_dir": str(tmp_path / "g")}
+        (tmp_path / "g" / "SST-2").mkdir(parents=True)
+        write_params(tmp_path, ["sst2"], **data)
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]  # no log lines
+    assert errors == [errors[0]] and errors[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,85 @@
+"""The task table and params validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.params import Params, load_params, parse_params
+from pipeline.tasks import TASKS, get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_task_table_follows_hf_glue_label_convention():
+    assert get_task("sst2").label_names == ("negative", "positive")
+    assert get_task("qqp").label_names[1] == "duplicate"
+    assert get_task("mnli").label_names == ("entailment", "neutral", "contradiction")
+    assert get_task("mnli").label_index("contradiction") == 2
+    assert get_task("sst2").label_index("2") is None
+
+
+def test_task_table_shapes():
+    sst2, qqp, mnli = get_task("sst2"), get_task("qqp"), get_task("mnli")
+    assert not sst2.is_pair and qqp.is_pair and mnli.is_pair
+    assert (sst2.num_labels, qqp.num_labels, mnli.num_labels) == (2, 2, 3)
+    assert qqp.metrics == ("accuracy", "f1")
+    assert [s.name for s in mnli.eval_splits] == ["dev_matched", "dev_mismatched"]
+    assert [s.metric_suffix for s in mnli.eval_splits] == ["", "_mm"]
+    assert [s.name for s in sst2.eval_splits] == ["dev"]  # test is unlabelled
+    assert {s.file for s in mnli.splits} >= {"dev_matched.tsv", "dev_mismatched.tsv"}
+
+
+def test_unknown_task_names_the_known_ones():
+    with pytest.raises(PipelineError, match="unknown task 'rte'.*mnli, qqp, sst2"):
+        get_task("rte")
+
+
+def test_project_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.tasks == ["sst2", "qqp"]
+    assert params.teacher.for_task("mnli").lr == 5e-5
+    assert params.teacher.for_task("sst2").lr == 2e-5
+    assert params.augment.for_task("qqp").n_iter == 10
+    assert params.augment.for_task("sst2").n_iter == 20
+    assert params.student.for_task("qqp").batch_size == 256
+    assert params.student.for_task("sst2").batch_size == 50
+
+
+def test_every_section_default_matches_params_yaml():
+    """params.yaml spells out every key, so a reader sees each value the run used."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section in Params.SECTIONS:
+        model = getattr(Params.model_fields[section].annotation, "shared_keys", None)
+        keys = model() if model else list(Params.model_fields[section].annotation.model_fields)
+        shared = {k for k in raw[section] if k not in TASKS}
+        assert shared == set(keys), section
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"tasks": ["sst2", "rte"]}, r"unknown task\(s\) rte"),
+        ({"tasks": []}, "tasks: List should have at least 1 item"),
+        ({"tasks": ["sst2"], "teacher": {"lrr": 1}}, "teacher.lrr: Extra inputs are not permitted"),
+        ({"tasks": ["sst2"], "teacher": {"lr": "fast"}}, "teacher.lr: Input should be a valid number"),
+        ({"tasks": ["sst2"], "teacher": {"qqp": {"lr": -1}}}, "teacher.qqp.lr: Input should be greater than 0"),
+        ({"tasks": ["sst2"], "augment": {"p_ng": 1.5}}, "augment.p_ng: Input should be less than or equal to 1"),
+        ({"tasks": ["sst2"], "augment": {"n_iter": -1}}, "augment.n_iter: Input should be greater than or equal to 0"),
+        ({"tasks": ["sst2"], "augment": {"p_mask": 0.7, "p_pos": 0.4}}, "p_mask \\+ p_pos must be at most 1"),
+        ({"tasks": ["sst2"], "student": {"mask_policy": "drop"}}, "student.mask_policy: Input should be 'unk' or 'dedicated'"),
+        ({"tasks": ["sst2"], "bogus": {}}, "bogus: Extra inputs are not permitted"),
+        ({"tasks": ["sst2"], "data": {"max_bad_fraction": 2}}, "data.max_bad_fraction"),
+    ],
+)
+def test_bad_params_fail_with_the_key(raw, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_params(raw)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(PipelineError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")

@@ -1,0 +1,430 @@
+"""`student` stage: train a BiLSTM student -> `models/student/<task>/<variant>/`, and `predict`.
+
+Variants (METHOD.md §0.2, §0.7):
+- distilled: the transfer set (original + synthetic rows of `data/augmented/<task>.parquet`)
+  with the teacher's logits, loss `alpha * CE + (1 - alpha) * MSE`;
+- baseline: the same architecture trained with CE only (alpha = 1) on the original training
+  rows. It reads them as the `is_original` rows of the augmented corpus: exactly the
+  canonical text (`pipeline.text.normalize` of the prepared train split) the distilled
+  student and the teacher see, so the two variants differ only in the synthetic rows and
+  the loss.
+
+The vocabulary comes from the training rows only (never dev/test). Each epoch is scored on
+the task's first eval split with `pipeline.metrics`; the best epoch's weights are kept, and
+one row per epoch goes to the training curve `metrics/curves/<task>-<variant>.csv`.
+On the CPU a run is deterministic for a given seed: the student directory is byte-identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.device import pick_device
+from pipeline.errors import PipelineError
+from pipeline.io import (
+    AUGMENTED_SCHEMA,
+    SPLIT_SCHEMA,
+    atomic_path,
+    file_sha256,
+    logits_schema,
+    read_table,
+    write_json,
+)
+from pipeline.label import check_logits_match
+from pipeline.logs import get_logger, stage_run
+from pipeline.metrics import compute_metrics, primary_metric
+from pipeline.models import (
+    TRAINING_FILE,
+    StudentConfig,
+    build_model,
+    encode,
+    load_student,
+    predict_logits,
+    save_student,
+)
+from pipeline.models.batching import batch_inputs, length_batches, sort_key
+from pipeline.models.bilstm import count_parameters
+from pipeline.models.embeddings import load_vectors, vectors_dim
+from pipeline.models.vocab import Vocab
+from pipeline.params import StudentParams, load_params
+from pipeline.tasks import TaskSpec, get_task
+from pipeline.text import normalize
+
+log = get_logger("student")
+
+CeTarget = Literal["gold_for_originals", "teacher_argmax"]
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def ce_targets(
+    labels: np.ndarray, is_original: np.ndarray, teacher_logits: np.ndarray, policy: CeTarget
+) -> np.ndarray:
+    """Class ids the CE term aims at (METHOD.md §0.2).
+
+    "gold_for_originals" (paper): the gold label for original rows, the teacher's argmax for
+    synthetic rows, which have no label. "teacher_argmax" (official code): argmax everywhere.
+    """
+    argmax = teacher_logits.argmax(axis=1)
+    if policy == "teacher_argmax":
+        return argmax
+    return np.where(is_original, labels, argmax)
+
+
+def student_loss(
+    logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None, alpha: float
+) -> torch.Tensor:
+    """`alpha * CE + (1 - alpha) * MSE` (METHOD.md §0.2), averaged over the batch.
+
+    MSE is the squared L2 distance between teacher and student logits summed over the K
+    classes (the paper's ||z_B - z_S||^2, not torch's mean over classes), no temperature.
+    Without teacher logits (the baseline) the loss is CE alone, which needs alpha = 1.
+    """
+    ce = F.cross_entropy(logits, targets)
+    if teacher_logits is None:
+        if alpha != 1.0:
+            raise ValueError(f"alpha={alpha} needs teacher logits; without them only alpha = 1 works")
+        return ce
+    mse = (logits - teacher_logits).square().sum(dim=1).mean()
+    return alpha * ce + (1.0 - alpha) * mse
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class LabelledTexts:
+    """Canonical text columns and one class id per row (CE targets, or gold dev labels)."""
+
+    text_a: pa.Array
+    text_b: pa.Array | None
+    labels: np.ndarray
+    teacher_logits: np.ndarray | None = None  # float32 [rows, K], distilled training only
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    @property
+    def columns(self) -> list[pa.Array]:
+        return [self.text_a] + ([self.text_b] if self.text_b is not None else [])
+
+
+def _text_columns(table: pa.Table, task: TaskSpec) -> tuple[pa.Array, pa.Array | None]:
+    text_b = table.column("text_b").combine_chunks() if task.is_pair else None
+    return table.column("text_a").combine_chunks(), text_b
+
+
+def join_logits(corpus: pa.Table, logits: pa.Table, task: TaskSpec, source: Path) -> np.ndarray:
+    """Teacher logits [rows, K] float32 in corpus row order, joined on `idx`.
+
+    `label.check_logits_match` has already tied the file to this corpus (hash, task, row
+    count); an `idx` without a logits row still fails here, before training.
+    """
+    corpus_idx = corpus.column("idx").to_numpy()
+    logits_idx = logits.column("idx").to_numpy()
+    order = np.argsort(logits_idx, kind="stable")
+    position = np.minimum(np.searchsorted(logits_idx[order], corpus_idx), len(order) - 1)
+    missing = logits_idx[order][position] != corpus_idx
+    if missing.any():
+        raise PipelineError(
+            f"{source}: no logits for {missing.sum()} corpus rows (first idx "
+            f"{corpus_idx[missing][0]}); rerun dvc repro label@{task.name}"
+        )
+    values = logits.column("logits").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.array(values, dtype=np.float32).reshape(-1, task.num_labels)[order[position]]
+
+
+def distilled_set(
+    corpus: pa.Table, teacher: np.ndarray, task: TaskSpec, policy: CeTarget
+) -> LabelledTexts:
+    """Every transfer-set row with its teacher logits and CE target."""
+    labels = corpus.column("label").to_numpy()
+    is_original = corpus.column("is_original").to_numpy()
+    targets = ce_targets(labels, is_original, teacher, policy)
+    if (targets < 0).any():
+        raise PipelineError("the augmented corpus has original rows without a gold label (label -1)")
+    return LabelledTexts(*_text_columns(corpus, task), targets, teacher)
+
+
+def baseline_set(corpus: pa.Table, task: TaskSpec) -> LabelledTexts:
+    """The original training rows with their gold labels."""
+    originals = corpus.filter(corpus.column("is_original"))
+    if originals.num_rows == 0:
+        raise PipelineError("the augmented corpus has no original rows: rerun dvc repro augment")
+    return LabelledTexts(*_text_columns(originals, task), originals.column("label").to_numpy().copy())
+
+
+def eval_set(split: pa.Table, task: TaskSpec) -> LabelledTexts:
+    """A prepared eval split in canonical text (`normalize`d as at teacher and label time)."""
+    text_a, text_b = _text_columns(split, task)
+    return LabelledTexts(
+        pa.array([normalize(t) for t in text_a.to_pylist()], pa.string()),
+        None if text_b is None else pa.array([normalize(t) for t in text_b.to_pylist()], pa.string()),
+        split.column("label").to_numpy().copy(),
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainedStudent:
+    config: StudentConfig
+    vocab: Vocab
+    model: nn.Module  # holding the best epoch's weights
+    curve: list[dict[str, float]]  # one row per epoch
+    best_epoch: int
+    vectors_found: int  # vocabulary words with a pretrained vector
+    token_coverage: float  # share of training tokens with a pretrained vector
+
+
+def fit_student(
+    task: TaskSpec,
+    train: LabelledTexts,
+    dev: LabelledTexts,
+    params: StudentParams,
+    alpha: float,
+    epochs: int,
+    device: torch.device,
+) -> TrainedStudent:
+    """Build the vocabulary, embeddings and model from `train`, train, keep the best dev epoch."""
+    rng = np.random.default_rng(params.seed)
+    torch.manual_seed(params.seed)
+    vocab, counts = Vocab.build(train.columns, params.mask_policy)
+    vectors = load_vectors(params.vectors, vocab.words, params.random_dim, rng)
+    token_coverage = float(counts[vectors.found].sum() / max(counts.sum(), 1))
+    log.info(
+        "vocabulary %d words; %d (%.1f%%) in %s, covering %.1f%% of training tokens",
+        len(vocab),
+        vectors.found.sum(),
+        100 * vectors.found.mean(),
+        params.vectors,
+        100 * token_coverage,
+    )
+    config = StudentConfig(
+        task=task.name,
+        label_names=task.label_names,
+        is_pair=task.is_pair,
+        vocab_size=len(vocab),
+        embedding_dim=vectors.matrix.shape[1],
+        hidden_size=params.hidden_size,
+        fc_size=params.fc_size,
+        dropout=params.dropout,
+        mask_policy=params.mask_policy,
+    )
+    model = build_model(config)
+    model.encoder.embedding.initialise(vectors.matrix)
+    model.to(device)
+    curve, best_epoch = train_epochs(
+        model, task, train, dev, vocab, params, alpha, epochs, device, rng
+    )
+    found = int(vectors.found.sum())
+    return TrainedStudent(config, vocab, model, curve, best_epoch, found, token_coverage)
+
+
+def train_epochs(
+    model: nn.Module,
+    task: TaskSpec,
+    train: LabelledTexts,
+    dev: LabelledTexts,
+    vocab: Vocab,
+    params: StudentParams,
+    alpha: float,
+    epochs: int,
+    device: torch.device,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, float]], int]:
+    """AdaDelta epochs over length-bucketed batches; loads the best dev epoch's weights at the end."""
+    sides = encode(vocab, train.text_a, train.text_b)
+    dev_sides = encode(vocab, dev.text_a, dev.text_b)
+    targets = torch.from_numpy(train.labels).to(device)
+    teacher = None
+    if train.teacher_logits is not None:
+        teacher = torch.from_numpy(train.teacher_logits).to(device)
+    optimizer = torch.optim.Adadelta(
+        [p for p in model.parameters() if p.requires_grad], lr=params.lr, rho=params.rho
+    )
+    key = sort_key(sides)
+    best_key = primary_metric(task)
+    curve: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = -np.inf, 0, None
+    for epoch in range(1, epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        desc = f"epoch {epoch}/{epochs}"
+        with tqdm(total=len(train), desc=desc, unit="ex", unit_scale=True, mininterval=1.0) as bar:
+            for rows in length_batches(key, params.batch_size, rng, params.sort_window):
+                index = torch.from_numpy(rows).to(device)
+                logits = model(*batch_inputs(sides, rows, device))
+                loss = student_loss(
+                    logits, targets[index], None if teacher is None else teacher[index], alpha
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(rows)
+                bar.update(len(rows))
+        seconds = time.perf_counter() - started
+        predictions = predict_logits(model, dev_sides, params.batch_size, device).argmax(axis=1)
+        metrics = compute_metrics(task, task.eval_splits[0], predictions, dev.labels)
+        speed = len(train) / seconds
+        loss_mean = total.item() / len(train)
+        curve.append({"epoch": epoch, "train_loss": loss_mean, **metrics, "examples_per_s": speed})
+        scores = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        log.info("epoch %d/%d: train_loss=%.4f %s examples_per_s=%.0f",
+                 epoch, epochs, loss_mean, scores, speed)
+        if metrics[best_key] > best_score:
+            best_score, best_epoch = metrics[best_key], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return curve, best_epoch
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def write_curve(curve: list[dict[str, float]], path: Path) -> None:
+    """The training curve as CSV (a DVC plot: x = epoch)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(curve[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(curve)
+    with atomic_path(path) as tmp:
+        tmp.write_text(out.getvalue())
+
+
+def main(task_name: str, variant: str, params_path: Path) -> None:
+    task = get_task(task_name)
+    if variant not in paths.STUDENT_VARIANTS:
+        known = ", ".join(paths.STUDENT_VARIANTS)
+        raise PipelineError(f"unknown student variant {variant!r}: use one of {known}")
+    params = load_params(params_path).student.for_task(task.name)
+    vectors_dim(params.vectors, params.random_dim)  # a bad vectors file fails before any work
+    corpus_path = paths.augmented(task.name)
+    corpus = read_table(corpus_path, AUGMENTED_SCHEMA)
+    inputs: dict[str, Any] = {"corpus": str(corpus_path), "corpus_sha256": file_sha256(corpus_path)}
+    if variant == "distilled":
+        logits_path = paths.logits(task.name)
+        check_logits_match(logits_path, corpus_path, task)
+        logits = read_table(logits_path, logits_schema(task.num_labels))
+        teacher = join_logits(corpus, logits, task, logits_path)
+        train = distilled_set(corpus, teacher, task, params.ce_target)
+        inputs |= {"logits": str(logits_path), "logits_sha256": file_sha256(logits_path)}
+        alpha, epochs = params.alpha, params.epochs
+    else:
+        train = baseline_set(corpus, task)
+        alpha, epochs = 1.0, params.baseline_epochs
+    dev_split = task.eval_splits[0]
+    dev = eval_set(read_table(paths.prepared_split(task.name, dev_split.name), SPLIT_SCHEMA), task)
+    device = pick_device()
+    if params.threads is not None:
+        torch.set_num_threads(params.threads)
+    out_dir = paths.student_dir(task.name, variant)
+    with stage_run(log, f"student@{task.name}-{variant}", rows=len(train), dev_rows=len(dev),
+                   alpha=alpha, device=device) as summary:
+        trained = fit_student(task, train, dev, params, alpha, epochs, device)
+        best = trained.curve[trained.best_epoch - 1]
+        training = {
+            "task": task.name,
+            "variant": variant,
+            "alpha": alpha,
+            "epochs": epochs,
+            "train_rows": len(train),
+            "dev_split": dev_split.name,
+            "best_epoch": trained.best_epoch,
+            "best_dev": {k: v for k, v in best.items() if k.startswith("eval_")},
+            "vocab_size": len(trained.vocab),
+            "vectors_found": trained.vectors_found,
+            "token_coverage": trained.token_coverage,
+            "params_no_embeddings": count_parameters(trained.model, include_embeddings=False),
+            "params_total": count_parameters(trained.model, include_embeddings=True),
+            "params": params.model_dump(),
+            "inputs": inputs,
+        }
+        with atomic_path(out_dir) as tmp:
+            save_student(tmp, trained.config, trained.vocab, trained.model)
+            write_json(training, tmp / TRAINING_FILE)
+        write_curve(trained.curve, paths.curve_file(task.name, variant))
+        summary.update(out=out_dir, best_epoch=trained.best_epoch, **training["best_dev"])
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _lines(texts: Sequence[str], file: Path | None) -> Iterator[tuple[str, str]]:
+    """(where, text) for every input: the arguments, then the file's or stdin's non-blank lines."""
+    for n, text in enumerate(texts, start=1):
+        yield f"argument {n}", text
+    if file is None:
+        return
+    if str(file) != "-" and not file.is_file():
+        raise PipelineError(f"{file}: file not found")
+    stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
+    name = "stdin" if str(file) == "-" else str(file)
+    try:
+        for n, line in enumerate(stream, start=1):
+            if line.strip():
+                yield f"{name} line {n}", line.rstrip("\r\n")
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _split(text: str, where: str, is_pair: bool, task: str) -> tuple[str, str | None]:
+    parts = text.split("\t")
+    if is_pair and len(parts) != 2:
+        raise PipelineError(f"{where}: the {task} student classifies pairs: give 'text_a<TAB>text_b'")
+    if not is_pair and len(parts) != 1:
+        raise PipelineError(
+            f"{where}: the {task} student classifies single sentences, got a TAB-separated pair"
+        )
+    return parts[0], parts[1] if is_pair else None
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_main(model_dir: Path, texts: list[str], file: Path | None, batch_size: int) -> None:
+    """Print one TSV row per input: label, class probabilities, the input text."""
+    student = load_student(model_dir)
+    if not texts and file is None:
+        raise PipelineError(
+            "nothing to classify: give texts as arguments or --file (one per line, '-' for stdin)"
+        )
+    task, is_pair = student.task, student.config.is_pair
+    text_columns = ["text_a", "text_b"] if is_pair else ["text_a"]
+    print("\t".join(["label", *(f"p_{name}" for name in task.label_names), *text_columns]))
+    for chunk in _chunks(_lines(texts, file), batch_size):
+        rows = [_split(text, where, is_pair, task.name) for where, text in chunk]
+        text_a = [normalize(a) for a, _ in rows]
+        text_b = [normalize(b) for _, b in rows] if is_pair else None
+        logits = torch.from_numpy(student.predict_logits(text_a, text_b, batch_size))
+        for (a, b), p in zip(rows, torch.softmax(logits, dim=1).numpy()):
+            texts = [a, b] if is_pair else [a]
+            print("\t".join([task.label_names[int(p.argmax())], *(f"{x:.4f}" for x in p), *texts]))
+        sys.stdout.flush()

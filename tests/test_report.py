@@ -1,0 +1,242 @@
+"""report: renders results.md and figures from metrics files written here as fixtures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import paths, report
+from pipeline.errors import PipelineError
+from pipeline.io import write_json
+from pipeline.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Fixture scores per task: teacher, distilled, baseline (accuracy; QQP also F1).
+SCORES = {
+    "sst2": {"teacher": 0.9174, "distilled": 0.8830, "baseline": 0.8520},
+    "qqp": {"teacher": 0.8610, "distilled": 0.8125, "baseline": 0.7950},
+}
+DATA = {
+    "sst2": {"train": (67_349, 67_349, 0), "dev": (872, 872, 0)},
+    "qqp": {"train": (19_999, 20_000, 1), "dev": (3_497, 3_497, 0)},
+}
+
+
+def _timing(model_s: float, latency_ms: float) -> dict[str, float]:
+    return {
+        "throughput_model_s": model_s,
+        "throughput_model_rows_per_s": 1000 / model_s,
+        "throughput_e2e_s": model_s + 1.0,
+        "throughput_e2e_rows_per_s": 1000 / (model_s + 1.0),
+        "latency_model_ms_median": latency_ms,
+        "latency_model_ms_p90": 1.5 * latency_ms,
+        "latency_e2e_ms_median": latency_ms + 0.25,
+        "latency_e2e_ms_p90": 1.5 * latency_ms + 0.25,
+    }
+
+
+def write_fixture_metrics(root: Path, task_name: str) -> None:
+    """metrics/<task>.json, metrics/<task>_speed.json and both curves, as evaluate/student write them."""
+    scores = SCORES[task_name]
+    metrics: dict = {
+        "teacher": {
+            "params_total": 22_713_216,
+            "params_no_embeddings": 10_646_784,
+            "num_layers": 6,
+            "hidden_size": 384,
+        },
+        "distilled": {"params_total": 2_000_000, "params_no_embeddings": 500_000},
+        "baseline": {"params_total": 1_800_000, "params_no_embeddings": 500_000},
+        "data": {
+            f"{split}_{kind}": value
+            for split, values in DATA[task_name].items()
+            for kind, value in zip(("rows", "source_rows", "skipped_rows"), values)
+        },
+    }
+    for name, acc in scores.items():
+        metrics[name]["eval_accuracy"] = acc
+        if task_name == "qqp":
+            metrics[name]["eval_f1"] = acc - 0.1
+    write_json(metrics, root / paths.metrics_file(task_name))
+    speed = {
+        "cpu": {
+            "teacher": _timing(40.0, 12.0),
+            "distilled": _timing(2.0, 0.5),
+            "baseline": _timing(2.0, 0.4),
+        },
+        "protocol": {"rows": 1000, "batch_size": 512, "latency_repeats": 50, "warmup_batches": 3},
+        "environment": {
+            "cpu_model": "Test CPU 9000",
+            "cpu_threads": 2,
+            "dtype": "float32",
+            "python": "3.11.7",
+            "torch": "2.13.0",
+            "transformers": "5.24.0",
+        },
+    }
+    write_json(speed, root / paths.speed_file(task_name))
+    keys = ["eval_accuracy"] + (["eval_f1"] if task_name == "qqp" else [])
+    for variant in paths.STUDENT_VARIANTS:
+        path = root / paths.curve_file(task_name, variant)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["epoch", "train_loss", *keys])
+            gain = 0.05 if variant == "distilled" else 0.04
+            for epoch in (1, 2, 3):
+                writer.writerow([epoch, 1.0 / epoch + gain, *(0.7 + gain * epoch for _ in keys)])
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp]\n")
+    for task in SCORES:
+        write_fixture_metrics(tmp_path, task)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_report_shows_our_numbers_beside_the_published_ones(project):
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    # ours, read from the fixture files (percent, 2 decimals)
+    for value in ("91.74", "88.30", "85.20", "86.10", "81.25", "79.50", "71.25"):
+        assert value in text
+    assert "+3.10" in text and "+1.75" in text  # distilled - baseline
+    # the paper's test numbers and the peers' dev numbers
+    assert "| BiLSTM_SOFT, distilled (paper) | GLUE test | 90.7 | 88.1 | 68.2 |" in text
+    assert "| PaddleNLP: BiLSTM distilled | GLUE dev | 88.76 | 87.52 | 83.13 |" in text
+    assert "| dsindex: BiLSTM distilled | GLUE dev | 88.63 | — | — |" in text
+    # ratios: 22.71 M / 2.00 M params, 40 s / 2 s throughput, 12 ms / 0.5 ms latency
+    assert "| SST-2 | BiLSTM distilled (ours) | 2.00 M | 0.50 M | 11× | 45× |" in text
+    assert "| SST-2 | BERT teacher (ours) | 1,000 | 40.00 | — | 41.00 | — |" in text
+    assert "| 2.00 | 20× | 3.00 | 14× | 0.50 / 0.75 | 24× | 0.75 |" in text
+    assert "Test CPU 9000" in text and "BERT 6 layers, hidden 384" in text
+
+
+def test_gpu_timings_get_their_own_table(project):
+    speed = json.loads(paths.speed_file("sst2").read_text())
+    speed["cuda"] = {
+        "teacher": _timing(4.0, 6.0),
+        "distilled": _timing(0.5, 0.3),
+        "baseline": _timing(0.4, 0.3),
+    }
+    speed["environment"]["gpu_model"] = "Test GPU H0"
+    write_json(speed, paths.speed_file("sst2"))
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    gpu_table = text.split("### Inference speed on CUDA")[1].split("Speed-up = ")[0]
+    assert "| SST-2 | BiLSTM baseline (ours) | 1,000 | 0.40 | 10× |" in gpu_table
+    assert "QQP" not in gpu_table  # timed on the CPU only
+    assert "Test CPU 9000; GPU Test GPU H0" in text
+
+
+def test_report_flags_reduced_data_per_task(project):
+    report.main(Path("params.yaml"))
+    lines = (project / "reports" / "results.md").read_text().splitlines()
+    notes = [line for line in lines if line.startswith("- **")]
+    sst2, qqp = notes
+    assert "Full official splits" in sst2 and "reduced" not in sst2
+    assert "holds 20,000 of GLUE's 363,846 rows" in qqp
+    assert "1 malformed source row skipped" in qqp
+    assert "not comparable" in qqp
+
+
+def test_report_flags_a_truncated_run(project):
+    metrics = json.loads(paths.metrics_file("sst2").read_text())
+    metrics["data"]["train_rows"] = 1000
+    note = report.data_note(get_task("sst2"), metrics["data"])
+    assert "first 1,000 of 67,349 rows" in note and "not comparable" in note
+
+
+def test_figures_are_valid_pngs(project):
+    import matplotlib.image
+
+    report.main(Path("params.yaml"))
+    figures = sorted((project / "reports" / "figures").iterdir())
+    names = ["accuracy_vs_latency.png", "accuracy_vs_params.png", "training_curves.png"]
+    assert [f.name for f in figures] == names
+    for figure in figures:
+        assert figure.read_bytes().startswith(PNG_SIGNATURE)
+        height, width, _ = matplotlib.image.imread(figure).shape
+        assert height > 100 and width > 100
+        assert f"figures/{figure.name}" in (project / "reports" / "results.md").read_text()
+
+
+def test_missing_metrics_fail_clearly_and_keep_the_old_report(project):
+    report.main(Path("params.yaml"))
+    before = (project / "reports" / "results.md").read_text()
+    paths.speed_file("qqp").unlink()
+    with pytest.raises(PipelineError, match=r"qqp_speed.json: not found \(run: dvc repro evaluate@qqp\)"):
+        report.main(Path("params.yaml"))
+    assert (project / "reports" / "results.md").read_text() == before
+    assert sorted(p.name for p in project.iterdir()) == ["metrics", "params.yaml", "reports"]
+
+
+def test_a_curve_without_the_dev_metric_is_refused(project):
+    path = paths.curve_file("sst2", "baseline")
+    path.write_text("epoch,train_loss\n1,0.5\n")
+    with pytest.raises(PipelineError, match="missing column.*eval_accuracy"):
+        report.main(Path("params.yaml"))
+
+
+def test_dev_curve_table_puts_both_students_beside_the_teacher(project):
+    result = report.load_results(get_task("qqp"))
+    result.curves["baseline"].pop()  # a variant that stopped an epoch early leaves a blank
+    rows = report.dev_curve_table(result)
+    assert rows[0] == {
+        "epoch": 1,
+        "teacher": 0.861,
+        "distilled": pytest.approx(0.75),
+        "baseline": pytest.approx(0.74),
+    }
+    assert rows[-1]["baseline"] == "" and rows[-1]["distilled"] == pytest.approx(0.85)
+
+
+def _dvc(cwd: Path, *args: str) -> str:
+    command = [sys.executable, "-m", "dvc", *args]
+    done = subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def test_dvc_metrics_and_plots_work_on_the_outputs(project):
+    """`dvc metrics show/diff` and `dvc plots show` accept the project's declarations and files."""
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    report.main(Path("params.yaml"))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    _dvc(project, "init", "-q")
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "fixture"], cwd=project, check=True)
+
+    shown = json.loads(_dvc(project, "metrics", "show", "--json"))[""]["data"]
+    for task in SCORES:  # (the teacher stage's metrics files are absent here)
+        assert set(shown[paths.metrics_file(task).as_posix()]) == {"data"}
+        assert set(shown[paths.speed_file(task).as_posix()]) == {"data"}
+    assert shown["metrics/sst2.json"]["data"]["distilled"]["eval_accuracy"] == SCORES["sst2"]["distilled"]
+
+    changed = json.loads(paths.metrics_file("sst2").read_text())
+    changed["distilled"]["eval_accuracy"] = 0.9
+    write_json(changed, paths.metrics_file("sst2"))
+    diff = json.loads(_dvc(project, "metrics", "diff", "--json"))
+    assert diff["metrics/sst2.json"] == {
+        "distilled.eval_accuracy": {"old": 0.883, "new": 0.9, "diff": pytest.approx(0.017)}
+    }
+
+    plots = json.loads(_dvc(project, "plots", "show", "--json"))
+    assert "errors" not in plots
+    for task in SCORES:
+        chart = plots["data"][f"reports/plots/{task}-dev.csv"][0]
+        series = {row["field"] for row in chart["content"]["data"]["values"]}
+        assert series == {"teacher", "distilled", "baseline"}
+        for variant in paths.STUDENT_VARIANTS:
+            assert paths.curve_file(task, variant).as_posix() in plots["data"]
+    assert plots["data"]["reports/figures/training_curves.png"][0]["type"] == "image"

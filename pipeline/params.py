@@ -97,6 +97,9 @@ class TeacherParams(_PerTaskSection):
     weight_decay: float = Field(0.01, ge=0.0)
     precision: Precision = "auto"  # auto: bf16 autocast on GPUs that support it, fp32 on CPU
     seed: int = 0
+    max_grad_norm: float = Field(1.0, gt=0.0)  # global-norm clipping, as in BERT's optimizer
+    micro_batch_size: int | None = Field(None, ge=1)  # rows per forward; None: the whole batch
+    length_group_batches: int = Field(50, ge=1)  # batches per length-sorted group; 1: random
 
 
 class AugmentParams(_PerTaskSection):
@@ -142,15 +145,19 @@ class StudentParams(_PerTaskSection):
     lr: float = Field(1.0, gt=0.0)
     rho: float = Field(0.95, gt=0.0, lt=1.0)
     batch_size: int = Field(50, ge=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1)  # distilled: passes over the transfer set (~13x the originals)
+    baseline_epochs: int = Field(10, ge=1)  # baseline: passes over the original training rows
+    sort_window: int = Field(100, ge=1)  # batches per shuffled window sorted by length
+    threads: int | None = Field(1, ge=1)  # CPU threads for training; None: torch's default
     seed: int = 0
 
 
 class EvaluateParams(_Section):
     """`evaluate`: metrics and the size/speed comparison (METHOD.md §4)."""
 
-    throughput_batch_size: int = Field(512, ge=1)  # the paper's Table 2 protocol
+    throughput_batch_size: int = Field(512, ge=1)  # Table 2 protocol; also the dev-scoring batch
     throughput_rows: int | None = Field(None, gt=0)  # None: every training sentence
+    max_length: int = Field(128, ge=8, le=512)  # teacher input limit (as teacher.max_length)
     latency_repeats: int = Field(50, ge=1)
     warmup_batches: int = Field(3, ge=0)
     threads: int | None = Field(None, ge=1)  # CPU threads for timing; None: torch's default

@@ -40,8 +40,8 @@ def tiny_bert_factory(tmp_path_factory):
     def build(num_labels: int = 2) -> Path:
         if num_labels not in built:
             torch.manual_seed(0)
-            vocab = Path(resolve_checkpoint(PACKAGED_TEACHER)) / "vocab.txt"
-            tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+            # from_pretrained: transformers 5 ignores a `vocab_file=` argument (5-token vocab).
+            tokenizer = BertTokenizerFast.from_pretrained(resolve_checkpoint(PACKAGED_TEACHER))
             config = BertConfig(
                 vocab_size=tokenizer.vocab_size,
                 hidden_size=32,

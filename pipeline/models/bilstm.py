@@ -36,6 +36,16 @@ class BiLSTMEncoder(nn.Module):
         return torch.cat([hidden[0], hidden[1]], dim=-1)
 
 
+def classifier_head(in_features: int, fc_size: int, num_labels: int, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> dropout -> Linear: the MLP both students put on top of their features."""
+    return nn.Sequential(
+        nn.Linear(in_features, fc_size),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(fc_size, num_labels),
+    )
+
+
 class BiLSTMClassifier(nn.Module):
     """Encoder, Linear 2H -> F, ReLU, dropout, Linear F -> K logits."""
 
@@ -50,12 +60,7 @@ class BiLSTMClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = BiLSTMEncoder(num_words, embedding_dim, hidden_size)
-        self.classifier = nn.Sequential(
-            nn.Linear(self.encoder.output_dim, fc_size),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(fc_size, num_labels),
-        )
+        self.classifier = classifier_head(self.encoder.output_dim, fc_size, num_labels, dropout)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encoder(ids, lengths))

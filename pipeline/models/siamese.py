@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.bilstm import BiLSTMEncoder
+from pipeline.models.bilstm import BiLSTMEncoder, classifier_head
 from pipeline.models.batching import PAD_ID
 
 
@@ -29,12 +29,7 @@ class SiameseBiLSTM(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = BiLSTMEncoder(num_words, embedding_dim, hidden_size)
-        self.classifier = nn.Sequential(
-            nn.Linear(4 * self.encoder.output_dim, fc_size),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(fc_size, num_labels),
-        )
+        self.classifier = classifier_head(4 * self.encoder.output_dim, fc_size, num_labels, dropout)
 
     @staticmethod
     def features(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ at the top and per-task overrides in a subsection named after the task:
 
 `params.teacher.for_task("mnli")` gives the resolved values. In `dvc.yaml` a stage declares
 the shared keys one by one plus `teacher.${item}`, so changing `teacher.mnli.lr` reruns only
-`teacher@mnli` and what depends on it. `tests/test_dvc_params.py` checks those declarations
+`teacher@mnli` and what depends on it. `tests/test_dvc_yaml.py` checks those declarations
 against the fields below, so the two cannot drift apart.
 
 Unknown keys, wrong types and out-of-range values fail at load time with the dotted key.

@@ -32,13 +32,7 @@ QQP = get_task("qqp")
 MNLI = get_task("mnli")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the CI cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _glue_rows(glue_dir: Path, task, split: str, rows: int) -> pa.Table:

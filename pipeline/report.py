@@ -454,7 +454,7 @@ def render_markdown(results: Sequence[TaskResults]) -> str:
 def draw_figures(results: Sequence[TaskResults], out_dir: Path) -> list[Path]:
     """Accuracy against size and latency, and the students' curves, as PNG files."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -482,6 +482,7 @@ def draw_figures(results: Sequence[TaskResults], out_dir: Path) -> list[Path]:
                 ax.scatter([x], [y], color=colors[name], s=60)
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels within a decade
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.margins(x=0.15, y=0.15)

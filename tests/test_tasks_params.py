@@ -40,7 +40,7 @@ def test_unknown_task_names_the_known_ones():
 
 def test_project_params_load():
     params = load_params(ROOT / "params.yaml")
-    assert params.tasks == ["sst2"]
+    assert params.tasks == ["sst2", "qqp"]
     assert params.teacher.for_task("mnli").lr == 5e-5
     assert params.teacher.for_task("sst2").lr == 2e-5
     assert params.augment.for_task("qqp").n_iter == 10

@@ -136,6 +136,7 @@ class StudentParams(_PerTaskSection):
 
     vectors: str = "glove-6b-50d"  # packaged GloVe 6B 50-d, a word2vec/GloVe file path, or "random"
     random_dim: int = Field(300, ge=1)  # embedding size when vectors == "random"
+    backoff_words: int = Field(50_000, ge=0)  # frequent pretrained words kept for unseen words
     mask_policy: Literal["unk", "dedicated"] = "unk"  # METHOD.md §0.4
     hidden_size: int = Field(150, ge=1)
     fc_size: int = Field(200, ge=1)

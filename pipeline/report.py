@@ -317,7 +317,9 @@ def size_section(results: Sequence[TaskResults]) -> list[str]:
         "",
         "Parameters with and without the embedding tables (METHOD.md §0.9). The paper's \"349× fewer\"",
         "divides BERT-large *with* embeddings (335 M) by the BiLSTM *without* them (0.96 M), i.e. the",
-        "last column (METHOD.md §4.2).",
+        "last column (METHOD.md §4.2). A student's embedding tables are its two channels over the",
+        "training vocabulary plus the frozen pretrained vectors of its backoff words",
+        "(`student.backoff_words`), which stand in for `<unk>` on words never seen in training.",
         "",
         *_table(header, rows),
     ]

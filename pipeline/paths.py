@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.tasks import SplitSpec, TaskSpec
+
 DATA = Path("data")
 MODELS = Path("models")
 METRICS = Path("metrics")
@@ -22,6 +24,14 @@ def prepared_dir(task: str) -> Path:
 
 def prepared_split(task: str, split: str) -> Path:
     return prepared_dir(task) / f"{split}.parquet"
+
+
+def prepared_eval_splits(task: TaskSpec) -> tuple[SplitSpec, ...]:
+    """The eval splits a stage scores: every required one (a missing file is then the reader's
+    error), and an optional one (MNLI dev_mismatched) only when prepare found and wrote it."""
+    return tuple(
+        s for s in task.eval_splits if s.required or prepared_split(task.name, s.name).is_file()
+    )
 
 
 def augmented(task: str) -> Path:

@@ -134,6 +134,8 @@ def main(task_name: str, params_path: Path) -> None:
             if not tsv.is_file():
                 if split.required:
                     raise PipelineError(f"{tsv}: missing (expected the GLUE {task.glue_dir} layout)")
+                if split.labelled:
+                    log.info("%s: not found; %s is optional and is reported as not available", tsv, split.name)
                 continue
             limit = data.max_train_rows if split.name == "train" else data.max_eval_rows
             result = prepare_split(

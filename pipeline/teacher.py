@@ -3,7 +3,13 @@
 Reads `data/glue/<task>/` (train and the task's labelled eval splits) and writes
 `models/teacher/<task>/` (an HF `save_pretrained` directory: weights, tokenizer, label names,
 and `training.json` with the resolved params, the checkpoint and every epoch's dev metrics)
-plus `metrics/teacher/<task>.json` (dev metrics of the kept epoch).
+plus `metrics/teacher/<task>.json` (dev metrics of the kept and the last epoch, timings).
+
+The teacher directory is byte-reproducible: the same data, params and thread count give the
+same directory hash, so a recomputed teacher does not rerun label and everything after it.
+So it holds nothing of the machine or the clock: the checkpoint is recorded by name and
+version (not the path it resolved to), and wall times, device and threads go to the metrics
+file, which no stage reads.
 
 Choices a reader may want to check:
 - Text goes through `pipeline.text.normalize` first, so the teacher is trained on exactly the
@@ -40,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.bert import PACKAGED_TEACHER, resolve_checkpoint
+from pipeline.bert import PACKAGED_TEACHER, checkpoint_identity, require_weights, resolve_checkpoint
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.errors import PipelineError
 from pipeline.io import SPLIT_SCHEMA, atomic_path, read_table, write_json
@@ -70,6 +76,10 @@ class Checkpoint:
     source: str  # the local directory or hub id it resolved to
     config: PretrainedConfig
 
+    @property
+    def identity(self) -> dict[str, str | None]:
+        return checkpoint_identity(self.name, getattr(self.config, "_commit_hash", None))
+
 
 def check_checkpoint(name: str, task: TaskSpec) -> Checkpoint:
     """Resolve `name` and refuse, from its config alone, anything that cannot be this teacher."""
@@ -97,6 +107,8 @@ def check_checkpoint(name: str, task: TaskSpec) -> Checkpoint:
             f"{task.name} has {task.num_labels} classes; start from an encoder or a "
             f"{task.num_labels}-class checkpoint"
         )
+    if Path(source).is_dir():
+        require_weights(Path(source), f"teacher.model={name}: give a complete checkpoint directory")
     config.id2label = dict(enumerate(task.label_names))
     config.label2id = {label: i for i, label in enumerate(task.label_names)}
     config.problem_type = "single_label_classification"
@@ -507,7 +519,7 @@ def main(task_name: str, params_path: Path) -> None:
     train_table = read_table(paths.prepared_split(task.name, "train"), SPLIT_SCHEMA)
     eval_tables = [
         (split, read_table(paths.prepared_split(task.name, split.name), SPLIT_SCHEMA))
-        for split in task.eval_splits
+        for split in paths.prepared_eval_splits(task)
     ]
     device = pick_device()
     dtype = autocast_dtype(params.precision, device)
@@ -553,27 +565,34 @@ def _run(
         if not ranks.is_main:
             return
         model.load_state_dict(result.best_state)
-        best = result.epochs[result.best_epoch - 1]
-        wall_s = round(time.perf_counter() - started, 1)
+        best, last = result.epochs[result.best_epoch - 1], result.epochs[-1]
         training = {
             "task": task.name,
-            "checkpoint": {"name": checkpoint.name, "source": checkpoint.source},
+            "checkpoint": checkpoint.identity,
             "params": params.model_dump(),
             "train_rows": len(train),
             "eval_rows": {split.name: len(data) for split, data in evals},
-            "device": str(device),
             "dtype": str(dtype or "fp32"),
-            "world_size": ranks.world_size,
-            "epochs": [asdict(r) for r in result.epochs],
+            "epochs": [
+                {k: v for k, v in asdict(r).items() if k != "train_seconds"} for r in result.epochs
+            ],
             "primary_metric": primary_metric(task),
             "best_epoch": result.best_epoch,
-            "train_examples_per_s": round(result.train_examples_per_s, 1),
-            "wall_s": wall_s,
         }
         with atomic_path(paths.teacher_dir(task.name)) as tmp:
             save_teacher(model, tokenizer, tmp, training)
-        best_metrics = {**best.metrics, "epoch": result.best_epoch, "wall_s": wall_s}
-        write_json(best_metrics, paths.teacher_metrics(task.name))
+        run_facts = {
+            **best.metrics,
+            "epoch": result.best_epoch,
+            "last_epoch": {**last.metrics, "epoch": last.epoch},
+            "train_seconds_by_epoch": [round(r.train_seconds, 1) for r in result.epochs],
+            "train_examples_per_s": round(result.train_examples_per_s, 1),
+            "wall_s": round(time.perf_counter() - started, 1),
+            "device": str(device),
+            "threads": threads,
+            "world_size": ranks.world_size,
+        }
+        write_json(run_facts, paths.teacher_metrics(task.name))
         key = primary_metric(task)
         summary[f"{key}_by_epoch"] = ",".join(f"{r.metrics[key]:.4f}" for r in result.epochs)
         summary["best_epoch"] = result.best_epoch

@@ -7,6 +7,7 @@ uncased vocabulary) or, for the offline-resolution test, the packaged MiniLM.
 from __future__ import annotations
 
 import itertools
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -150,8 +151,12 @@ def test_main_writes_the_best_epoch_model_and_its_metrics(project, tiny_bert_fac
     metrics = yaml.safe_load(paths.teacher_metrics("sst2").read_text())
     best = training["epochs"][training["best_epoch"] - 1]
     assert len(training["epochs"]) == 2 and training["params"]["epochs"] == 2
-    assert training["checkpoint"] == {"name": model_dir, "source": model_dir}
-    assert metrics == {**best["metrics"], "epoch": training["best_epoch"], "wall_s": training["wall_s"]}
+    assert training["checkpoint"] == {"name": model_dir, "version": None}
+    last = training["epochs"][-1]
+    assert {k: metrics[k] for k in best["metrics"]} == best["metrics"]
+    assert metrics["epoch"] == training["best_epoch"]
+    assert metrics["last_epoch"] == {**last["metrics"], "epoch": 2}
+    assert len(metrics["train_seconds_by_epoch"]) == 2 and metrics["wall_s"] > 0
     assert not list(project.glob("models/teacher/.*")), "atomic write leaves no temp dir"
 
     model, tokenizer = load_teacher(out, SST2)
@@ -195,6 +200,16 @@ def test_non_bert_checkpoint_is_refused(tmp_path):
     DistilBertConfig().save_pretrained(tmp_path)
     with pytest.raises(PipelineError, match="'distilbert' is not a BERT-style encoder"):
         teacher.check_checkpoint(str(tmp_path), SST2)
+
+
+def test_checkpoint_without_weights_is_refused_before_loading(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig().save_pretrained(tmp_path)
+    with pytest.raises(PipelineError, match="has config.json but no weights"):
+        teacher.check_checkpoint(str(tmp_path), SST2)
+    with pytest.raises(PipelineError, match=r"no weights .*rerun: dvc repro teacher@sst2"):
+        load_teacher(tmp_path, SST2)
 
 
 def test_classifier_with_another_label_count_is_refused(tiny_bert_factory):
@@ -341,3 +356,25 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tiny_bert_factory, sst
     teacher.fine_tune(model, train, evals, SST2, _params(tiny_bert_factory(2)), torch.device("cpu"))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(rank0["state"][k], v, rtol=0, atol=1e-5)
+
+
+def _tree_digest(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_recomputed_teacher_is_byte_identical(project, tiny_bert_factory):
+    """Same data, params and threads: the same directory, so nothing downstream reruns."""
+    model_dir = str(tiny_bert_factory(2))
+    params_path = _write_params(
+        project, model=model_dir, lr=1e-3, epochs=1, batch_size=16, length_group_batches=2
+    )
+    teacher.main("sst2", params_path)
+    first = _tree_digest(paths.teacher_dir("sst2"))
+    teacher.main("sst2", params_path)
+    assert _tree_digest(paths.teacher_dir("sst2")) == first
+    training = (paths.teacher_dir("sst2") / "training.json").read_text()
+    assert "seconds" not in training and "wall" not in training

@@ -104,9 +104,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Classify texts with a trained student; prints label and probabilities per line."""
-    from pipeline import student as stage
+    from pipeline import predict as command
 
-    stage.predict_main(model_dir, texts or [], file, batch_size)
+    command.main(model_dir, texts or [], file, batch_size)
 
 
 def main() -> None:

@@ -83,6 +83,9 @@ class DataParams(_Section):
     max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)  # malformed rows tolerated per split
     max_train_rows: int | None = Field(None, gt=0)  # smoke profiles only: first N train rows
     max_eval_rows: int | None = Field(None, gt=0)  # smoke profiles only: first N rows of dev/test
+    # A longer text is a malformed row (skipped and reported with its line, like any other),
+    # and `predict` refuses longer inputs: no stage's memory grows with one row's length.
+    max_text_chars: int = Field(10_000, ge=100)
 
 
 class TeacherParams(_PerTaskSection):

@@ -1,4 +1,4 @@
-"""`student` stage: train a BiLSTM student -> `models/student/<task>/<variant>/`, and `predict`.
+"""`student` stage: train a BiLSTM student -> `models/student/<task>/<variant>/`.
 
 Variants (METHOD.md §0.2, §0.7):
 - distilled: the transfer set (original + synthetic rows of `data/augmented/<task>.parquet`)
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +53,6 @@ from pipeline.models import (
     StudentConfig,
     build_model,
     encode,
-    load_student,
     predict_logits,
     save_student,
 )
@@ -371,68 +368,3 @@ def main(task_name: str, variant: str, params_path: Path) -> None:
             write_json(training, tmp / TRAINING_FILE)
         write_curve(trained.curve, paths.curve_file(task.name, variant))
         summary.update(out=out_dir, best_epoch=trained.best_epoch, **training["best_dev"])
-
-
-# --------------------------------------------------------------------------- predict
-
-
-def _lines(texts: Sequence[str], file: Path | None) -> Iterator[tuple[str, str]]:
-    """(where, text) for every input: the arguments, then the file's or stdin's non-blank lines."""
-    for n, text in enumerate(texts, start=1):
-        yield f"argument {n}", text
-    if file is None:
-        return
-    if str(file) != "-" and not file.is_file():
-        raise PipelineError(f"{file}: file not found")
-    stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
-    name = "stdin" if str(file) == "-" else str(file)
-    try:
-        for n, line in enumerate(stream, start=1):
-            if line.strip():
-                yield f"{name} line {n}", line.rstrip("\r\n")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-
-
-def _split(text: str, where: str, is_pair: bool, task: str) -> tuple[str, str | None]:
-    parts = text.split("\t")
-    if is_pair and len(parts) != 2:
-        raise PipelineError(f"{where}: the {task} student classifies pairs: give 'text_a<TAB>text_b'")
-    if not is_pair and len(parts) != 1:
-        raise PipelineError(
-            f"{where}: the {task} student classifies single sentences, got a TAB-separated pair"
-        )
-    return parts[0], parts[1] if is_pair else None
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def predict_main(model_dir: Path, texts: list[str], file: Path | None, batch_size: int) -> None:
-    """Print one TSV row per input: label, class probabilities, the input text."""
-    student = load_student(model_dir)
-    if not texts and file is None:
-        raise PipelineError(
-            "nothing to classify: give texts as arguments or --file (one per line, '-' for stdin)"
-        )
-    task, is_pair = student.task, student.config.is_pair
-    text_columns = ["text_a", "text_b"] if is_pair else ["text_a"]
-    print("\t".join(["label", *(f"p_{name}" for name in task.label_names), *text_columns]))
-    for chunk in _chunks(_lines(texts, file), batch_size):
-        rows = [_split(text, where, is_pair, task.name) for where, text in chunk]
-        text_a = [normalize(a) for a, _ in rows]
-        text_b = [normalize(b) for _, b in rows] if is_pair else None
-        logits = torch.from_numpy(student.predict_logits(text_a, text_b, batch_size))
-        for (a, b), p in zip(rows, torch.softmax(logits, dim=1).numpy()):
-            texts = [a, b] if is_pair else [a]
-            print("\t".join([task.label_names[int(p.argmax())], *(f"{x:.4f}" for x in p), *texts]))
-        sys.stdout.flush()

@@ -7,8 +7,12 @@ is timed by `pipeline.speed` on the same training sentences, on the CPU always a
 GPU when there is one. All models run in float32, the paper's setting.
 
 Two outputs, so a noisy timing never invalidates an accuracy:
-- `metrics/<task>.json`: metrics, parameter counts and the data sizes behind them;
-  deterministic, so `dvc metrics diff` shows only real changes.
+- `metrics/<task>.json`: metrics, parameter counts and the data sizes behind them, plus each
+  model's dev score per training epoch (from the teacher's `training.json` and the students'
+  curves) so the report can show what keeping the best dev epoch adds over the last one;
+  deterministic, so `dvc metrics diff` shows only real changes. An optional eval split the
+  source lacked (MNLI dev_mismatched) gets no metric keys at all, only an `unavailable` entry
+  with the reason: never a zero or a NaN.
 - `metrics/<task>_speed.json`: timings per device and model, plus the environment
   (CPU/GPU model, threads, versions) they were taken in.
 
@@ -18,6 +22,8 @@ students were trained on.
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,7 @@ log = get_logger("evaluate")
 
 DTYPE = torch.float32
 TEACHER = "teacher"
+TEACHER_TRAINING_FILE = "training.json"  # written by the teacher stage beside its weights
 
 
 class Classifier(Timeable, Protocol):
@@ -243,13 +250,48 @@ def _check_inputs(task: TaskSpec) -> None:
     """Fail on a missing input before any model is loaded."""
     needed = [
         (paths.prepared_split(task.name, spec.name), f"prepare@{task.name}")
-        for spec in (task.train_split, *task.eval_splits)
+        for spec in (task.train_split, *paths.prepared_eval_splits(task))
     ]
-    needed.append((paths.teacher_dir(task.name) / "config.json", f"teacher@{task.name}"))
-    needed += [(paths.student_dir(task.name, v), f"student@{task.name}-{v}") for v in paths.STUDENT_VARIANTS]
+    needed.append((paths.teacher_dir(task.name) / TEACHER_TRAINING_FILE, f"teacher@{task.name}"))
+    for variant in paths.STUDENT_VARIANTS:
+        stage = f"student@{task.name}-{variant}"
+        needed += [(paths.student_dir(task.name, variant), stage), (paths.curve_file(task.name, variant), stage)]
     for path, stage in needed:
         if not path.exists():
             raise PipelineError(f"{path}: not found (run: dvc repro {stage})")
+
+
+def unavailable_splits(task: TaskSpec) -> dict[str, str]:
+    """Optional eval splits prepare did not find, each with the reason the report prints."""
+    present = paths.prepared_eval_splits(task)
+    return {
+        spec.name: f"{task.glue_dir}/{spec.file} was not in the GLUE source prepare read"
+        for spec in task.eval_splits
+        if spec not in present
+    }
+
+
+def training_history(task: TaskSpec, name: str) -> dict[str, Any]:
+    """The epoch kept and every epoch's train loss and dev metrics of one model.
+
+    Teacher and students keep their best dev epoch (the GLUE norm); the last epoch's score
+    beside it shows how much that selection on dev adds. Timings are left out: this goes to
+    the deterministic metrics file.
+    """
+    if name == TEACHER:
+        training = json.loads((paths.teacher_dir(task.name) / TEACHER_TRAINING_FILE).read_text())
+        epochs = [{"epoch": e["epoch"], "train_loss": e["train_loss"], **e["metrics"]} for e in training["epochs"]]
+        return {"best_epoch": training["best_epoch"], "epochs": epochs}
+    from pipeline.models import TRAINING_FILE
+
+    best_epoch = json.loads((paths.student_dir(task.name, name) / TRAINING_FILE).read_text())["best_epoch"]
+    with paths.curve_file(task.name, name).open(newline="") as fh:
+        epochs = [
+            {"epoch": int(row["epoch"]), "train_loss": float(row["train_loss"]),
+             **{k: float(v) for k, v in row.items() if k.startswith("eval_")}}
+            for row in csv.DictReader(fh)
+        ]
+    return {"best_epoch": best_epoch, "epochs": epochs}
 
 
 def load_models(task: TaskSpec, params: EvaluateParams) -> dict[str, Classifier]:
@@ -273,12 +315,13 @@ def main(task_name: str, params_path: Path) -> None:
         torch.set_num_threads(params.threads)
     device = pick_device()
     with stage_run(log, f"evaluate@{task.name}", device=device, threads=torch.get_num_threads()) as summary:
+        eval_specs = paths.prepared_eval_splits(task)
         data = {
             key: value
-            for spec in (task.train_split, *task.eval_splits)
+            for spec in (task.train_split, *eval_specs)
             for key, value in split_sizes(task, spec).items()
         }
-        splits = [load_eval_split(task, spec) for spec in task.eval_splits]
+        splits = [load_eval_split(task, spec) for spec in eval_specs]
         train = read_table(paths.prepared_split(task.name, task.train_split.name), SPLIT_SCHEMA)
         if params.throughput_rows is not None:
             train = train.slice(0, params.throughput_rows)
@@ -289,10 +332,15 @@ def main(task_name: str, params_path: Path) -> None:
         for name, model in models.items():
             model.to(device)
             metrics[name] = score(task, model, splits, params.throughput_batch_size)
+            metrics[name].update(training_history(task, name))
             model.to(torch.device("cpu"))
             log.info("%s: %s", name, metrics[name])
         metrics[TEACHER].update(models[TEACHER].architecture)
         metrics["data"] = data
+        if unavailable := unavailable_splits(task):
+            metrics["unavailable"] = unavailable
+            for split, reason in unavailable.items():
+                log.info("%s: not scored (%s)", split, reason)
         speed = measure_speed(models, train_a, train_b, params, speed_devices())
 
         write_json(metrics, paths.metrics_file(task.name))

@@ -1,8 +1,9 @@
 """`report` stage: `reports/results.md` and its figures, from the metrics files alone.
 
-Every number of ours is read from `metrics/` (written by `evaluate` and the students'
-training curves); the only numbers typed in here are the published ones below, constants
-of the literature, each with its source in METHOD.md. Ours are GLUE **dev** scores; the
+Every number of ours is read from `metrics/<task>.json` and `metrics/<task>_speed.json`
+(written by `evaluate`, which also copies each model's per-epoch dev scores there); the only
+numbers typed in here are the published ones below, constants of the literature, each with
+its source in METHOD.md. Ours are GLUE **dev** scores; the
 paper's Table 1 is GLUE **test** (the test labels are hidden), so the peers' dev numbers
 are the closer comparison (METHOD.md §1.1, §2.4).
 """
@@ -121,6 +122,20 @@ PAPER_TABLE2 = (
     ("BiLSTM_SOFT", "0.96", "2.44", "1×", "1×"),
 )
 
+# Where the development workspace's copy of each task comes from (../shared/glue/SOURCES.md).
+SOURCE_NOTES = {
+    "sst2": "the official GLUE files.",
+    "qqp": (
+        "a real 23,497-pair excerpt of the official QQP *training* split (20,000 train / 3,497 dev): "
+        "its dev scores are not comparable with published QQP dev numbers."
+    ),
+    "mnli": (
+        "the complete official dev_matched set and 75,571 real MultiNLI training pairs (a fifth of "
+        "GLUE's train, label-balanced), without dev_mismatched: trained on a fifth of the data with "
+        "balanced labels, so not comparable with published MNLI-m numbers."
+    ),
+}
+
 # Official GLUE split sizes (METHOD.md §1.1): a run below them is not comparable with
 # published numbers.
 GLUE_ROWS = {
@@ -139,12 +154,28 @@ class TaskResults:
     task: TaskSpec
     metrics: dict[str, Any]  # metrics/<task>.json
     speed: dict[str, Any]  # metrics/<task>_speed.json
-    curves: dict[str, list[dict[str, float]]]  # variant -> one row per epoch
 
     @property
     def metric_keys(self) -> list[str]:
-        """The task's metric keys, one per metric and eval split, as evaluate writes them."""
+        """The task's metric keys, one per metric and eval split, as evaluate writes them
+        (an unavailable split's keys included: its cells say why they are empty)."""
         return [f"eval_{m}{s.metric_suffix}" for s in self.task.eval_splits for m in self.task.metrics]
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Metric key -> why it has no score (its optional split was absent from the source)."""
+        reasons = self.metrics.get("unavailable", {})
+        return {
+            f"eval_{m}{s.metric_suffix}": reasons[s.name]
+            for s in self.task.eval_splits
+            if s.name in reasons
+            for m in self.task.metrics
+        }
+
+    @property
+    def curves(self) -> dict[str, list[dict[str, float]]]:
+        """Student variant -> one row per epoch (epoch, train_loss, dev metrics)."""
+        return {v: self.metrics[v]["epochs"] for v in paths.STUDENT_VARIANTS}
 
 
 def _read_json(path: Path, stage: str) -> dict[str, Any]:
@@ -153,33 +184,17 @@ def _read_json(path: Path, stage: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def read_curve(path: Path, stage: str, required: Sequence[str]) -> list[dict[str, float]]:
-    """The `required` columns of a training curve CSV (epoch, train_loss, dev metrics), per epoch."""
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found (run: dvc repro {stage})")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PipelineError(f"{path}: missing column(s) {', '.join(missing)} (got {reader.fieldnames})")
-        return [{column: float(row[column]) for column in required} for row in reader]
-
-
 def load_results(task: TaskSpec) -> TaskResults:
     stage = f"evaluate@{task.name}"
     metrics = _read_json(paths.metrics_file(task.name), stage)
     missing = [m for m in (TEACHER, DISTILLED, BASELINE, "data") if m not in metrics]
+    missing += [f"{m}.epochs" for m in (TEACHER, DISTILLED, BASELINE) if "epochs" not in metrics.get(m, {"epochs": 0})]
     if missing:
         raise PipelineError(
             f"{paths.metrics_file(task.name)}: no entry for {', '.join(missing)} (rerun: dvc repro {stage})"
         )
     speed = _read_json(paths.speed_file(task.name), stage)
-    required = ["epoch", "train_loss", primary_metric(task)]
-    curves = {
-        v: read_curve(paths.curve_file(task.name, v), f"student@{task.name}-{v}", required)
-        for v in paths.STUDENT_VARIANTS
-    }
-    return TaskResults(task, metrics, speed, curves)
+    return TaskResults(task, metrics, speed)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -221,11 +236,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
-def data_note(task: TaskSpec, data: dict[str, int]) -> str:
+def data_note(task: TaskSpec, data: dict[str, int], unavailable: dict[str, str]) -> str:
     """Rows used per split against GLUE's official sizes, and whether the run is reduced."""
     official = GLUE_ROWS.get(task.name, {})
     parts, reduced = [], False
     for spec in (task.train_split, *task.eval_splits):
+        if spec.name in unavailable:
+            parts.append(f"{spec.name} not available ({unavailable[spec.name]})")
+            reduced = True
+            continue
         rows, source = data[f"{spec.name}_rows"], data[f"{spec.name}_source_rows"]
         skipped = data[f"{spec.name}_skipped_rows"]
         text = f"{spec.name} {rows:,} rows"
@@ -246,14 +265,19 @@ def data_note(task: TaskSpec, data: dict[str, int]) -> str:
         verdict = " Scores are **not comparable** with published numbers for this task."
     else:
         verdict = " Full official splits." if official else ""
-    return f"- **{task.glue_dir}**: " + "; ".join(parts) + "." + verdict
+    source_note = f" Source here: {SOURCE_NOTES[task.name]}" if task.name in SOURCE_NOTES else ""
+    return f"- **{task.glue_dir}**: " + "; ".join(parts) + "." + verdict + source_note
 
 
 def accuracy_section(results: Sequence[TaskResults]) -> list[str]:
     header = ["Model", "Evaluated on"] + [column_label(r.task, k) for r in results for k in r.metric_keys]
 
     def ours(name: str) -> list[str]:
-        scores = [pct(r.metrics[name][k]) for r in results for k in r.metric_keys]
+        scores = [
+            "not available" if k in r.unavailable else pct(r.metrics[name][k])
+            for r in results
+            for k in r.metric_keys
+        ]
         return [OURS[name], "GLUE dev (ours)", *scores]
 
     def published(row: Published) -> list[str]:
@@ -261,9 +285,14 @@ def accuracy_section(results: Sequence[TaskResults]) -> list[str]:
         return [row.model, row.evaluated_on] + cells
 
     gain = ["Distilled − baseline (ours)", "points"] + [
-        f"{100 * (r.metrics[DISTILLED][k] - r.metrics[BASELINE][k]):+.2f}"
+        "—" if k in r.unavailable else f"{100 * (r.metrics[DISTILLED][k] - r.metrics[BASELINE][k]):+.2f}"
         for r in results
         for k in r.metric_keys
+    ]
+    why_missing = [
+        f"{column_label(r.task, k)} not available: {reason}."
+        for r in results
+        for k, reason in r.unavailable.items()
     ]
     rows = [ours(TEACHER), ours(DISTILLED), ours(BASELINE), gain]
     rows += [published(p) for p in PAPER_TABLE1 if any(r.task.name in p.scores for r in results)]
@@ -279,7 +308,39 @@ def accuracy_section(results: Sequence[TaskResults]) -> list[str]:
         "",
         *_table(header, rows),
         "",
+        *[line for note in why_missing for line in (note, "")],
         "Published numbers: " + "; ".join(sources) + ".",
+    ]
+
+
+def selection_section(results: Sequence[TaskResults]) -> list[str]:
+    """Each model's kept (best dev) epoch against its last one: what selection on dev adds."""
+    rows = []
+    for r in results:
+        key = primary_metric(r.task)
+        for name in (TEACHER, DISTILLED, BASELINE):
+            epochs = r.metrics[name]["epochs"]
+            best, last = epochs[r.metrics[name]["best_epoch"] - 1], epochs[-1]
+            rows.append(
+                [
+                    r.task.glue_dir,
+                    OURS[name],
+                    column_label(r.task, key),
+                    f"{best['epoch']} of {last['epoch']}",
+                    pct(best[key]),
+                    pct(last[key]),
+                    f"{100 * (best[key] - last[key]):+.2f}",
+                ]
+            )
+    header = ["Task", "Model", "Metric", "Kept epoch", "Kept (dev)", "Last epoch (dev)", "Kept − last"]
+    return [
+        "### Selection on dev: kept epoch against last epoch",
+        "",
+        "Every model keeps its best dev epoch (the GLUE norm), so its dev score above is also",
+        "the score it was selected on. The last epoch's score, which no selection touched, shows",
+        "how much that choice adds.",
+        "",
+        *_table(header, rows),
     ]
 
 
@@ -432,13 +493,13 @@ def render_markdown(results: Sequence[TaskResults]) -> str:
         "## Data",
         "",
         "GLUE in the classic `glue_data/` layout (`data.glue_dir` or `$GLUE_DIR`). In the development",
-        "workspace that is `../shared/glue`, whose `SOURCES.md` documents every file: SST-2 is the official",
-        "GLUE data; QQP is a real 23,497-pair excerpt of the official *training* split (20,000 train /",
-        "3,497 dev), so its dev scores are not comparable with published QQP dev numbers.",
+        "workspace that is `../shared/glue`, whose `SOURCES.md` documents every file.",
         "",
-        *[data_note(r.task, r.metrics["data"]) for r in results],
+        *[data_note(r.task, r.metrics["data"], r.metrics.get("unavailable", {})) for r in results],
         "",
         *accuracy_section(results),
+        "",
+        *selection_section(results),
         "",
         *size_section(results),
         *speed_section(results),

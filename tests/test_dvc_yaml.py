@@ -211,6 +211,8 @@ def path_values(use: PathUse, item: dict[str, str]) -> Iterator[Path]:
         return
     if not inspect.isfunction(member) or member.__module__ != paths.__name__:
         return  # not a path: STUDENT_VARIANTS, imported names
+    if inspect.signature(member).return_annotation not in ("Path", Path):
+        return  # a helper over paths (prepared_eval_splits), not a path itself
     variants = [item["variant"]] if "variant" in item else list(paths.STUDENT_VARIANTS)
     for task in [item["task"]] if "task" in item else PARAMS_YAML["tasks"]:
         choices = {"task": [task], "split": [s.name for s in get_task(task).splits], "variant": variants}

@@ -240,21 +240,51 @@ def _write_student(root: Path, task, variant: str, texts: list[str]) -> None:
     save_student(root / paths.student_dir(task.name, variant), config, vocab, build_model(config))
 
 
+def _epoch_scores(task, epoch: int) -> dict[str, float]:
+    """Made-up dev metrics of one epoch, under the task's metric keys."""
+    return {f"eval_{m}": 0.5 + epoch / 10 - (epoch == 3) * 0.25 for m in task.metrics}
+
+
+def _write_histories(root: Path, task, epochs: int = 3, best_epoch: int = 2) -> None:
+    """What the teacher and student stages record per epoch: training.json and the curves."""
+    rows = [{"epoch": e, "train_loss": 1 / e, "metrics": _epoch_scores(task, e)} for e in range(1, epochs + 1)]
+    training = {"epochs": rows, "best_epoch": best_epoch}
+    (root / paths.teacher_dir(task.name) / "training.json").write_text(json.dumps(training))
+    for variant in paths.STUDENT_VARIANTS:
+        (root / paths.student_dir(task.name, variant) / "training.json").write_text(
+            json.dumps({"best_epoch": best_epoch})
+        )
+        curve = root / paths.curve_file(task.name, variant)
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(_epoch_scores(task, 1))
+        lines = [",".join(["epoch", "train_loss", *keys, "examples_per_s"])]
+        lines += [",".join(map(str, [r["epoch"], r["train_loss"], *r["metrics"].values(), 123.4])) for r in rows]
+        curve.write_text("\n".join(lines) + "\n")
+
+
+def _write_project(root: Path, task, splits: dict[str, tuple], teacher_dir: Path) -> None:
+    """Prepared splits, a tiny teacher, two tiny students and their histories."""
+    for split, (text_a, text_b, labels) in splits.items():
+        _write_split(root, task, split, text_a, text_b, labels)
+    shutil.copytree(teacher_dir, root / paths.teacher_dir(task.name))
+    texts = [normalize(t) for a, b, _ in splits.values() for t in [*a, *(b or [])]]
+    for variant in paths.STUDENT_VARIANTS:
+        _write_student(root, task, variant, texts)
+    _write_histories(root, task)
+    (root / "params.yaml").write_text(
+        f"tasks: [{task.name}]\n"
+        "evaluate:\n  throughput_batch_size: 2\n  throughput_rows: 3\n  latency_repeats: 2\n"
+        "  warmup_batches: 1\n  threads: 1\n"
+    )
+
+
 @pytest.fixture
 def qqp_project(tmp_path, monkeypatch, tiny_bert_factory):
     """A project dir with prepared QQP splits, a tiny teacher and two tiny students."""
     q1 = ["How do I learn Python?", "What is love?", "Why is the sky blue?", "Who am I?", "Is it raining?"]
     q2 = ["How can I learn Python fast?", "What's love?", "Is the sky blue?", "Where am I?", "Is it sunny?"]
-    _write_split(tmp_path, QQP, "train", q1, q2, [1, 1, 0, 0, 0])
-    _write_split(tmp_path, QQP, "dev", q1[:4], q2[:4], [1, 0, 1, 0])
-    shutil.copytree(tiny_bert_factory(2), tmp_path / paths.teacher_dir("qqp"))
-    for variant in paths.STUDENT_VARIANTS:
-        _write_student(tmp_path, QQP, variant, [normalize(t) for t in q1 + q2])
-    (tmp_path / "params.yaml").write_text(
-        "tasks: [qqp]\n"
-        "evaluate:\n  throughput_batch_size: 2\n  throughput_rows: 3\n  latency_repeats: 2\n"
-        "  warmup_batches: 1\n  threads: 1\n"
-    )
+    splits = {"train": (q1, q2, [1, 1, 0, 0, 0]), "dev": (q1[:4], q2[:4], [1, 0, 1, 0])}
+    _write_project(tmp_path, QQP, splits, tiny_bert_factory(2))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DISTILL_DEVICE", "cpu")
     monkeypatch.setattr(evaluate, "speed_devices", lambda: [torch.device("cpu")])
@@ -271,6 +301,10 @@ def test_main_writes_deterministic_metrics_and_separate_speed(qqp_project):
         entry = metrics[name]
         assert 0 <= entry["eval_accuracy"] <= 1 and 0 <= entry["eval_f1"] <= 1
         assert 0 < entry["params_no_embeddings"] < entry["params_total"]
+        assert entry["best_epoch"] == 2
+        assert entry["epochs"] == [
+            {"epoch": e, "train_loss": 1 / e, **_epoch_scores(QQP, e)} for e in (1, 2, 3)
+        ]  # every epoch's dev score, no timings
     assert metrics["teacher"]["num_layers"] == 2 and metrics["teacher"]["hidden_size"] == 32
     assert metrics["data"] == {
         "train_rows": 5, "train_source_rows": 6, "train_skipped_rows": 1,
@@ -301,3 +335,33 @@ def test_main_refuses_prepared_data_without_row_counts(qqp_project):
     write_table(table, paths.prepared_split("qqp", "dev"))  # no provenance metadata
     with pytest.raises(PipelineError, match=r"dev.parquet: no source row counts.*prepare@qqp"):
         evaluate.main("qqp", Path("params.yaml"))
+
+
+@pytest.fixture
+def reduced_mnli_project(tmp_path, monkeypatch, tiny_bert_factory):
+    """MNLI as in ../shared/glue: train and dev_matched prepared, no dev_mismatched."""
+    premises = ["A man is eating.", "The cat sleeps.", "Kids play outside.", "It is raining.", "He ran."]
+    hypotheses = ["Someone eats.", "A dog barks.", "Children are indoors.", "It is wet.", "He moved."]
+    splits = {
+        "train": (premises, hypotheses, [0, 1, 2, 0, 0]),
+        "dev_matched": (premises[:4], hypotheses[:4], [0, 1, 2, 0]),
+    }
+    _write_project(tmp_path, MNLI, splits, tiny_bert_factory(3))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTILL_DEVICE", "cpu")
+    monkeypatch.setattr(evaluate, "speed_devices", lambda: [torch.device("cpu")])
+    threads = torch.get_num_threads()
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def test_an_absent_optional_split_is_reported_never_scored(reduced_mnli_project):
+    evaluate.main("mnli", Path("params.yaml"))
+    metrics = json.loads(paths.metrics_file("mnli").read_text())
+    assert metrics["unavailable"] == {
+        "dev_mismatched": "MNLI/dev_mismatched.tsv was not in the GLUE source prepare read"
+    }
+    for name in ("teacher", "distilled", "baseline"):
+        assert "eval_accuracy" in metrics[name]
+        assert not [k for k in json.dumps(metrics[name]).split('"') if k.endswith("_mm")]
+    assert not any(k.startswith("dev_mismatched") for k in metrics["data"])

@@ -44,7 +44,7 @@ def _timing(model_s: float, latency_ms: float) -> dict[str, float]:
 
 
 def write_fixture_metrics(root: Path, task_name: str) -> None:
-    """metrics/<task>.json, metrics/<task>_speed.json and both curves, as evaluate/student write them."""
+    """metrics/<task>.json and metrics/<task>_speed.json, as evaluate writes them."""
     scores = SCORES[task_name]
     metrics: dict = {
         "teacher": {
@@ -65,6 +65,7 @@ def write_fixture_metrics(root: Path, task_name: str) -> None:
         metrics[name]["eval_accuracy"] = acc
         if task_name == "qqp":
             metrics[name]["eval_f1"] = acc - 0.1
+        metrics[name].update(_histories(task_name)[name])
     write_json(metrics, root / paths.metrics_file(task_name))
     speed = {
         "cpu": {
@@ -83,16 +84,24 @@ def write_fixture_metrics(root: Path, task_name: str) -> None:
         },
     }
     write_json(speed, root / paths.speed_file(task_name))
+    write_json(speed, root / paths.speed_file(task_name))
+
+
+def _histories(task_name: str) -> dict[str, dict]:
+    """Per model: the kept epoch and every epoch's loss and dev scores, as evaluate copies them.
+    The teacher peaks at epoch 2 of 3; the students improve every epoch."""
     keys = ["eval_accuracy"] + (["eval_f1"] if task_name == "qqp" else [])
+    histories = {
+        "teacher": {
+            "best_epoch": 2,
+            "epochs": [{"epoch": e, "train_loss": 0.5 / e, **{k: 0.8 + 0.01 * (e == 2) for k in keys}} for e in (1, 2, 3)],
+        }
+    }
     for variant in paths.STUDENT_VARIANTS:
-        path = root / paths.curve_file(task_name, variant)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["epoch", "train_loss", *keys])
-            gain = 0.05 if variant == "distilled" else 0.04
-            for epoch in (1, 2, 3):
-                writer.writerow([epoch, 1.0 / epoch + gain, *(0.7 + gain * epoch for _ in keys)])
+        gain = 0.05 if variant == "distilled" else 0.04
+        epochs = [{"epoch": e, "train_loss": 1.0 / e + gain, **{k: 0.7 + gain * e for k in keys}} for e in (1, 2, 3)]
+        histories[variant] = {"best_epoch": 3, "epochs": epochs}
+    return histories
 
 
 @pytest.fixture
@@ -153,7 +162,7 @@ def test_report_flags_reduced_data_per_task(project):
 def test_report_flags_a_truncated_run(project):
     metrics = json.loads(paths.metrics_file("sst2").read_text())
     metrics["data"]["train_rows"] = 1000
-    note = report.data_note(get_task("sst2"), metrics["data"])
+    note = report.data_note(get_task("sst2"), metrics["data"], {})
     assert "first 1,000 of 67,349 rows" in note and "not comparable" in note
 
 
@@ -181,11 +190,47 @@ def test_missing_metrics_fail_clearly_and_keep_the_old_report(project):
     assert sorted(p.name for p in project.iterdir()) == ["metrics", "params.yaml", "reports"]
 
 
-def test_a_curve_without_the_dev_metric_is_refused(project):
-    path = paths.curve_file("sst2", "baseline")
-    path.write_text("epoch,train_loss\n1,0.5\n")
-    with pytest.raises(PipelineError, match="missing column.*eval_accuracy"):
+def test_metrics_without_epoch_history_are_refused(project):
+    metrics = json.loads(paths.metrics_file("sst2").read_text())
+    del metrics["baseline"]["epochs"]
+    write_json(metrics, paths.metrics_file("sst2"))
+    with pytest.raises(PipelineError, match=r"no entry for baseline.epochs \(rerun: dvc repro evaluate@sst2\)"):
         report.main(Path("params.yaml"))
+
+
+def test_kept_epoch_is_shown_beside_the_last_one(project):
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    # teacher: kept epoch 2 (81.00), last epoch 3 (80.00); students kept their last epoch
+    assert "| SST-2 | BERT teacher (ours) | SST-2 acc | 2 of 3 | 81.00 | 80.00 | +1.00 |" in text
+    assert "| QQP | BiLSTM distilled (ours) | QQP acc | 3 of 3 | 85.00 | 85.00 | +0.00 |" in text
+
+
+def test_an_unavailable_split_says_why_instead_of_a_score(project):
+    """Reduced MNLI (no dev_mismatched): evaluate writes no _mm keys, only the reason."""
+    histories = {name: {"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 0.5, "eval_accuracy": 0.7}]}
+                 for name in ("teacher", "distilled", "baseline")}
+    metrics = {
+        name: {"eval_accuracy": acc, "params_total": 2_000_000, "params_no_embeddings": 500_000,
+               **histories[name]}
+        for name, acc in (("teacher", 0.80), ("distilled", 0.70), ("baseline", 0.66))
+    }
+    metrics["teacher"] |= {"num_layers": 6, "hidden_size": 384}
+    metrics["data"] = {"train_rows": 75_571, "train_source_rows": 75_571, "train_skipped_rows": 0,
+                       "dev_matched_rows": 9_815, "dev_matched_source_rows": 9_815,
+                       "dev_matched_skipped_rows": 0}
+    reason = "MNLI/dev_mismatched.tsv was not in the GLUE source prepare read"
+    metrics["unavailable"] = {"dev_mismatched": reason}
+    write_json(metrics, paths.metrics_file("mnli"))
+    shutil.copy(paths.speed_file("sst2"), paths.speed_file("mnli"))
+    (project / "params.yaml").write_text("tasks: [sst2, mnli]\n")
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    assert "| BiLSTM distilled (ours) | GLUE dev (ours) | 88.30 | 70.00 | not available |" in text
+    assert f"MNLI-mm acc not available: {reason}." in text
+    assert "| BiLSTM_SOFT, distilled (paper) | GLUE test | 90.7 | 73.0 | 72.6 |" in text
+    assert f"dev_mismatched not available ({reason})" in text
+    assert "| nan" not in text and "| 0.00 |" not in text
 
 
 def test_dev_curve_table_puts_both_students_beside_the_teacher(project):
@@ -210,6 +255,16 @@ def _dvc(cwd: Path, *args: str) -> str:
 def test_dvc_metrics_and_plots_work_on_the_outputs(project):
     """`dvc metrics show/diff` and `dvc plots show` accept the project's declarations and files."""
     shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    for task in SCORES:  # the students' curves, declared as plots by the student stage
+        for variant, history in _histories(task).items():
+            if variant == "teacher":
+                continue
+            path = paths.curve_file(task, variant)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(history["epochs"][0]))
+                writer.writeheader()
+                writer.writerows(history["epochs"])
     report.main(Path("params.yaml"))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)

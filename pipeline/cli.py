@@ -24,6 +24,7 @@ app = typer.Typer(
 
 Task = Annotated[str, typer.Option("--task", "-t", help="Task id from pipeline/tasks.py: sst2, qqp, mnli, ...")]
 ParamsFile = Annotated[Path, typer.Option("--params", help="Params file (the single source of truth).")]
+Variant = Annotated[str, typer.Option(help="Student: distilled (transfer set + logits) or baseline (gold labels).")]
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -67,13 +68,17 @@ def label(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
-def student(
-    task: Task,
-    variant: Annotated[str, typer.Option(help="distilled (transfer set + logits) or baseline (gold labels).")],
-    params: ParamsFile = DEFAULT_PARAMS,
-) -> None:
+def student(task: Task, variant: Variant, params: ParamsFile = DEFAULT_PARAMS) -> None:
     """Train a BiLSTM student -> models/student/<task>/<variant>/."""
     from pipeline import student as stage
+
+    stage.main(task, variant, params)
+
+
+@app.command()
+def export(task: Task, variant: Variant, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """ONNX export of a student (float32 + int8) -> models/export/<task>/<variant>/."""
+    from pipeline import export as stage
 
     stage.main(task, variant, params)
 
@@ -96,14 +101,14 @@ def report(params: ParamsFile = DEFAULT_PARAMS) -> None:
 
 @app.command()
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="A trained student directory.")],
+    model_dir: Annotated[Path, typer.Argument(help="A student directory, or its export (models/export/T/V).")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; pairs as 'a<TAB>b'.")] = None,
     file: Annotated[
         Optional[Path], typer.Option("--file", "-f", help="One text (or a<TAB>b pair) per line; '-' for stdin.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
-    """Classify texts with a trained student; prints label and probabilities per line."""
+    """Classify texts with a trained student or its export; prints label and probabilities per line."""
     from pipeline import predict as command
 
     command.main(model_dir, texts or [], file, batch_size)

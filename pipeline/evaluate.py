@@ -17,7 +17,11 @@ Two outputs, so a noisy timing never invalidates an accuracy:
   (CPU/GPU model, threads, versions) they were taken in.
 
 Every text is put in the canonical form (`pipeline.text.normalize`) that teacher and
-students were trained on.
+students were trained on, except for the exported students (`pipeline.serve`): they are
+served raw text and tokenise it themselves, so their scores and end-to-end timings cover the
+whole text -> label path. Each export is scored against its PyTorch student on the same dev
+rows (the float32 export must not change a single prediction; int8 reports its delta) and
+timed on the CPU with the same protocol, with the size of its model file on disk.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ from pipeline import paths
 from pipeline.bert import load_teacher
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
+from pipeline.export import TimedExport
 from pipeline.io import SPLIT_SCHEMA, read_metadata, read_table, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import compute_metrics
 from pipeline.params import EvaluateParams, load_params
 from pipeline.speed import Timeable, environment, measure_latency, measure_throughput
 from pipeline.tasks import SplitSpec, TaskSpec, get_task
+from pipeline.serve import ExportedStudent
 from pipeline.text import normalize
 
 log = get_logger("evaluate")
@@ -136,12 +142,14 @@ class TeacherClassifier:
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """One labelled split in canonical text."""
+    """One labelled split in canonical text, and as prepared (raw) for the exports."""
 
     spec: SplitSpec
     text_a: list[str]
     text_b: list[str] | None
     labels: np.ndarray
+    raw_a: list[str]
+    raw_b: list[str] | None
 
 
 def canonical_texts(task: TaskSpec, table: Any) -> tuple[list[str], list[str] | None]:
@@ -151,10 +159,15 @@ def canonical_texts(task: TaskSpec, table: Any) -> tuple[list[str], list[str] | 
     return text_a, text_b
 
 
+def raw_texts(task: TaskSpec, table: Any) -> tuple[list[str], list[str] | None]:
+    """The split's text columns as prepare wrote them (what a served model is given)."""
+    return table.column("text_a").to_pylist(), table.column("text_b").to_pylist() if task.is_pair else None
+
+
 def load_eval_split(task: TaskSpec, spec: SplitSpec) -> EvalSplit:
     table = read_table(paths.prepared_split(task.name, spec.name), SPLIT_SCHEMA)
     text_a, text_b = canonical_texts(task, table)
-    return EvalSplit(spec, text_a, text_b, table.column("label").to_numpy())
+    return EvalSplit(spec, text_a, text_b, table.column("label").to_numpy(), *raw_texts(task, table))
 
 
 def split_sizes(task: TaskSpec, spec: SplitSpec) -> dict[str, int]:
@@ -185,6 +198,23 @@ def score(
         result.update(compute_metrics(task, split.spec, logits.argmax(axis=1), split.labels))
     result["params_total"] = model.num_parameters(include_embeddings=True)
     result["params_no_embeddings"] = model.num_parameters(include_embeddings=False)
+    return result
+
+
+def score_export(
+    task: TaskSpec, export: ExportedStudent, splits: Sequence[EvalSplit], batch_size: int,
+    student: Classifier,
+) -> dict[str, Any]:
+    """An export's GLUE metrics on raw text, how many predictions differ from its PyTorch
+    student's on the same rows, and the size of its model file."""
+    result: dict[str, Any] = {"predictions_differing": 0}
+    for split in splits:
+        predicted = export.predict_logits(split.raw_a, split.raw_b, batch_size).argmax(axis=1)
+        reference = student.predict_logits(split.text_a, split.text_b, batch_size).argmax(axis=1)
+        result.update(compute_metrics(task, split.spec, predicted, split.labels))
+        result["predictions_differing"] += int((predicted != reference).sum())
+    result["model_file"] = export.model_file.name
+    result["model_file_bytes"] = export.model_file.stat().st_size
     return result
 
 
@@ -253,6 +283,7 @@ def _check_inputs(task: TaskSpec) -> None:
         for spec in (task.train_split, *paths.prepared_eval_splits(task))
     ]
     needed.append((paths.teacher_dir(task.name) / TEACHER_TRAINING_FILE, f"teacher@{task.name}"))
+    needed += [(paths.export_dir(task.name, v), f"export@{task.name}-{v}") for v in paths.STUDENT_VARIANTS]
     for variant in paths.STUDENT_VARIANTS:
         stage = f"student@{task.name}-{variant}"
         needed += [(paths.student_dir(task.name, variant), stage), (paths.curve_file(task.name, variant), stage)]
@@ -307,6 +338,20 @@ def load_models(task: TaskSpec, params: EvaluateParams) -> dict[str, Classifier]
     return models
 
 
+def load_exports(task: TaskSpec) -> dict[tuple[str, bool], ExportedStudent]:
+    """(variant, int8) -> each exported student, float32 and (when exported) int8, on as
+    many CPU threads as the PyTorch models use."""
+    from pipeline.serve import INT8_FILE, load_export
+
+    exports = {}
+    for variant in paths.STUDENT_VARIANTS:
+        directory = paths.export_dir(task.name, variant)
+        exports[variant, False] = load_export(directory, threads=torch.get_num_threads())
+        if INT8_FILE in exports[variant, False].manifest["files"]:
+            exports[variant, True] = load_export(directory, int8=True, threads=torch.get_num_threads())
+    return exports
+
+
 def main(task_name: str, params_path: Path) -> None:
     task = get_task(task_name)
     params = load_params(params_path).evaluate
@@ -336,12 +381,22 @@ def main(task_name: str, params_path: Path) -> None:
             model.to(torch.device("cpu"))
             log.info("%s: %s", name, metrics[name])
         metrics[TEACHER].update(models[TEACHER].architecture)
+        exports = load_exports(task)
+        for (variant, int8), export in exports.items():
+            name = paths.export_key(variant, int8)
+            metrics[name] = score_export(task, export, splits, params.throughput_batch_size, models[variant])
+            log.info("%s: %s", name, metrics[name])
         metrics["data"] = data
         if unavailable := unavailable_splits(task):
             metrics["unavailable"] = unavailable
             for split, reason in unavailable.items():
                 log.info("%s: not scored (%s)", split, reason)
         speed = measure_speed(models, train_a, train_b, params, speed_devices())
+        raw_a, raw_b = raw_texts(task, train)
+        for (variant, int8), export in exports.items():  # CPU only: what an export is for
+            name = paths.export_key(variant, int8)
+            speed["cpu"][name] = time_model(TimedExport(export), raw_a, raw_b, params)
+            log.info("timed %s on cpu: %s", name, _brief(speed["cpu"][name]))
 
         write_json(metrics, paths.metrics_file(task.name))
         write_json(speed, paths.speed_file(task.name))

@@ -2,6 +2,8 @@
 
 Every artifact is written to a temporary sibling and renamed into place at the end, so a
 failed or interrupted stage never leaves a file DVC could mistake for a finished output.
+Every reader fails in one line naming the file and its fix: a missing, misplaced (a
+directory) or unreadable artifact names the stage that rewrites it.
 Parquet files carry their provenance (params, seeds, hashes) as JSON under the
 `pipeline` key of the file's key-value metadata.
 """
@@ -11,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
+from pipeline.paths import producing_stage
 from pipeline.tasks import SplitSpec, TaskSpec
 
 METADATA_KEY = b"pipeline"
@@ -59,11 +63,18 @@ def logits_schema(num_labels: int) -> pa.Schema:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the body succeeds.
 
-    Works for files and directories. The old `path` stays untouched until the rename.
+    Works for files and directories. The old `path` stays untouched until the rename. The
+    temporary lives in a sibling directory `.<name>.<8 hex digits>.tmp` (ignored by git and
+    DVC). A process killed mid-write cannot remove it, so each write first deletes those that
+    earlier writes of the same `path` left: one process writes an output at a time (DVC's
+    repo lock; under torchrun only the leader saves), so any that exists is debris.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    for stale in _temp_siblings(path):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
     target = tmp / path.name
     try:
         yield target
@@ -72,6 +83,12 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temp_siblings(path: Path) -> list[Path]:
+    """The temporaries `atomic_path` made for `path`: for `sst2`, not those of `sst2.json`."""
+    own = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
+    return [p for p in path.parent.iterdir() if own.fullmatch(p.name)]
 
 
 def with_metadata(schema: pa.Schema, metadata: dict[str, Any] | None) -> pa.Schema:
@@ -99,15 +116,63 @@ def write_json(data: Any, path: Path | str) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
-def read_table(path: Path | str, schema: pa.Schema | None = None) -> pa.Table:
-    """Read a Parquet artifact, checking it exists and carries the expected columns and types."""
-    path = Path(path)
+def require_file(path: Path, what: str, fix: str) -> None:
+    """Fail in one line unless `path` is a file; a directory there is called one, not missing."""
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a directory, not a {what} ({fix})")
     if not path.is_file():
-        raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro)")
-    table = pq.read_table(path)
+        raise PipelineError(f"{path}: {what} not found ({fix})")
+
+
+def read_utf8(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of a source file (`what`; `fix` says where it should be)."""
+    require_file(path, what, fix)
+    return decode_utf8(path.read_bytes(), str(path))
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """`data` as UTF-8 text; a bad byte fails naming the line it is on (counted from its offset)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PipelineError(
+            f"{source} line {line}: not UTF-8 (byte {exc.start}: {exc.reason}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+@contextmanager
+def _artifact_read(path: Path, kind: str, stage: str | None) -> Iterator[None]:
+    """Check an artifact exists; turn a truncated or corrupt one into a line naming its stage.
+
+    `stage` defaults to the stage whose output `path` is (`paths.producing_stage`).
+    """
+    stage = stage or producing_stage(path)
+    repro = f"dvc repro {stage}" if stage else "dvc repro"
+    require_file(path, "file", f"run: {repro}")
+    try:
+        yield
+    except (ValueError, OSError, pa.ArrowException) as exc:  # ArrowInvalid, JSONDecodeError, ...
+        reason = str(exc).strip().splitlines()[0]
+        raise PipelineError(f"{path}: unreadable {kind} file ({reason}); rerun: {repro}") from None
+
+
+def read_table(path: Path | str, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a Parquet artifact, checking it is whole and carries the expected columns and types."""
+    path = Path(path)
+    with _artifact_read(path, "Parquet", None):
+        table = pq.read_table(path)
     if schema is not None:
         check_schema(table.schema, schema, path)
     return table
+
+
+def read_json(path: Path | str, stage: str | None = None) -> Any:
+    """Read a JSON artifact (metrics), failing in one line when it is missing or truncated."""
+    path = Path(path)
+    with _artifact_read(path, "JSON", stage):
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def check_schema(actual: pa.Schema, expected: pa.Schema, path: Path | str) -> None:
@@ -123,7 +188,9 @@ def check_schema(actual: pa.Schema, expected: pa.Schema, path: Path | str) -> No
 
 def read_metadata(path: Path | str) -> dict[str, Any]:
     """The provenance JSON stored with a Parquet artifact ({} when there is none)."""
-    raw = pq.read_schema(path).metadata or {}
+    path = Path(path)
+    with _artifact_read(path, "Parquet", None):
+        raw = pq.read_schema(path).metadata or {}
     return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else {}
 
 
@@ -175,17 +242,20 @@ class ParsedSplit:
         )
 
 
-def parse_glue_tsv(text: str, task: TaskSpec, split: SplitSpec, source: str) -> ParsedSplit:
+def parse_glue_tsv(
+    text: str, task: TaskSpec, split: SplitSpec, source: str, max_text_chars: int | None = None
+) -> ParsedSplit:
     """Parse one GLUE TSV held in memory.
 
     Fields are split on tabs with no quote handling: GLUE text holds literal `"` characters
     (csv quoting would merge rows and strip quotes; DESIGN.md §7). A row whose field count
     differs from the header's, whose label is not in the task's vocabulary, or whose text is
-    empty is recorded in `bad_lines` and skipped. `idx` is the row's position among the
-    file's data rows, so skipped rows leave a gap rather than renumbering the rest.
-    Surrounding whitespace of the text is stripped (SST-2 lines end in a space).
+    empty or longer than `max_text_chars` is recorded in `bad_lines` and skipped. `idx` is
+    the row's position among the file's data rows, so skipped rows leave a gap rather than
+    renumbering the rest. Surrounding whitespace of the text is stripped (SST-2 lines end in
+    a space), and so is a leading byte-order mark (the official MRPC files start with one).
     """
-    lines = text.split("\n")
+    lines = text.removeprefix("\ufeff").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
@@ -214,6 +284,11 @@ def parse_glue_tsv(text: str, task: TaskSpec, split: SplitSpec, source: str) -> 
         text_b = fields[col_b].strip() if col_b is not None else None
         if not text_a or text_b == "":
             out.bad_lines.append((line_no, "empty text"))
+            continue
+        longest = max(len(text_a), len(text_b or ""))
+        if max_text_chars is not None and longest > max_text_chars:
+            why = f"{longest:,} characters, over data.max_text_chars={max_text_chars}"
+            out.bad_lines.append((line_no, why))
             continue
         label = -1
         if col_label is not None:

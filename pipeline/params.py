@@ -15,10 +15,14 @@ the shared keys one by one plus `teacher.${item}`, so changing `teacher.mnli.lr`
 against the fields below, so the two cannot drift apart.
 
 Unknown keys, wrong types and out-of-range values fail at load time with the dotted key.
+Types are strict: `epochs: "2"` is refused rather than read as 2 (a quoted number is a slip
+whose other forms, `"2e-5"` or `"no"`, would not convert as meant); an int is still accepted
+where a float goes (`lr: 1`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -26,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.io import read_utf8
 from pipeline.tasks import TASKS
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
@@ -34,7 +39,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _PerTaskSection(_Section):
@@ -167,6 +172,13 @@ class EvaluateParams(_Section):
     threads: int | None = Field(None, ge=1)  # CPU threads for timing; None: torch's default
 
 
+class ExportParams(_Section):
+    """`export`: the served student (ONNX, pipeline/export.py)."""
+
+    int8: bool = True  # also write model.int8.onnx (dynamic int8 quantisation)
+    opset: int = Field(17, ge=13, le=21)  # ONNX opset of the graph (onnxruntime >= 1.18 runs all)
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -177,6 +189,7 @@ class Params(_Section):
         "label",
         "student",
         "evaluate",
+        "export",
     )
 
     tasks: list[str] = Field(min_length=1)
@@ -186,6 +199,7 @@ class Params(_Section):
     label: LabelParams = LabelParams()
     student: StudentParams = StudentParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
 
     @model_validator(mode="after")
     def _known_tasks(self) -> Self:
@@ -208,6 +222,8 @@ def _first_error(exc: ValidationError) -> str:
     if isinstance(cause, _NestedError):
         return f"{loc}.{cause}" if loc else str(cause)
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"].endswith("_type") and isinstance(err["input"], str):  # strict: "2" is no int
+        msg += f", got the string {err['input']!r}"
     return f"{loc}: {msg}" if loc else msg
 
 
@@ -219,13 +235,53 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise PipelineError(f"{source}: {_first_error(exc)}") from None
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """params.yaml read as DVC reads it (YAML 1.2): `3e-05` is a number, a repeated key an error.
+
+    PyYAML reads YAML 1.1, where `3e-05` is a string, and keeps the last of repeated keys.
+    `dvc exp run -S teacher.lr=3e-5` writes `lr: 3e-05`, which strict types would refuse; a
+    key given twice would silently drop one value here while DVC refuses the file.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "in the mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> PipelineError:
+    """A YAML syntax error in one line: where, what, and the construct it was inside."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return PipelineError(f"{path}: {str(exc).splitlines()[0]}; fix the YAML syntax")
+    inside = f" ({exc.context} from {_at(exc.context_mark)})" if exc.context and exc.context_mark else ""
+    return PipelineError(f"{path} {_at(exc.problem_mark)}: {exc.problem}{inside}; fix the YAML syntax")
+
+
+def _at(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS_FILE) -> Params:
-    """Read and validate params.yaml, failing with the offending key in one line."""
+    """Read and validate params.yaml, failing with the offending key (or line) in one line."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: params file not found (run from the project root)")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
+    text = read_utf8(path, "params file", "run from the project root, or pass --params")
+    try:
+        raw = yaml.load(text, Loader=_ParamsLoader) or {}
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of sections at the top level")
     return parse_params(raw, source=str(path))

@@ -5,9 +5,10 @@ These are the `deps`/`outs` of `dvc.yaml`; `tests/test_dvc_yaml.py` checks the t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pipeline.tasks import SplitSpec, TaskSpec
+from pipeline.tasks import TASKS, SplitSpec, TaskSpec
 
 DATA = Path("data")
 MODELS = Path("models")
@@ -16,6 +17,11 @@ REPORTS = Path("reports")
 SCRATCH = Path("scratch")  # resumable state kept outside DVC outputs (persisted, git-ignored)
 
 STUDENT_VARIANTS = ("distilled", "baseline")
+
+
+def export_key(variant: str, int8: bool) -> str:
+    """How an exported student is keyed in the metrics files: `distilled_onnx_int8`, ..."""
+    return f"{variant}_onnx" + ("_int8" if int8 else "")
 
 
 def prepared_dir(task: str) -> Path:
@@ -50,6 +56,10 @@ def student_dir(task: str, variant: str) -> Path:
     return MODELS / "student" / task / variant
 
 
+def export_dir(task: str, variant: str) -> Path:
+    return MODELS / "export" / task / variant
+
+
 def metrics_file(task: str) -> Path:
     return METRICS / f"{task}.json"
 
@@ -68,3 +78,29 @@ def teacher_metrics(task: str) -> Path:
 
 def curve_file(task: str, variant: str) -> Path:
     return METRICS / "curves" / f"{task}-{variant}.csv"
+
+
+def producing_stage(path: Path | str) -> str | None:
+    """The `dvc.yaml` stage whose output is `path` or holds it (None for no stage's output).
+
+    A missing or unreadable artifact is fixed by rerunning this stage, so readers name it.
+    """
+    path = Path(os.path.relpath(path))
+    for task in TASKS:
+        outputs = {
+            prepared_dir(task): f"prepare@{task}",
+            teacher_dir(task): f"teacher@{task}",
+            teacher_metrics(task): f"teacher@{task}",
+            augmented(task): f"augment@{task}",
+            logits(task): f"label@{task}",
+            metrics_file(task): f"evaluate@{task}",
+            speed_file(task): f"evaluate@{task}",
+        }
+        for variant in STUDENT_VARIANTS:
+            student = f"student@{task}-{variant}"
+            outputs[student_dir(task, variant)] = outputs[curve_file(task, variant)] = student
+            outputs[export_dir(task, variant)] = f"export@{task}-{variant}"
+        for output, stage in outputs.items():
+            if path == output or output in path.parents:
+                return stage
+    return None

@@ -1,4 +1,4 @@
-"""`predict`: classify texts with a trained student, from arguments, a file or stdin.
+"""`predict`: classify texts with a trained student or its export, from arguments, a file or stdin.
 
 Every input is read and checked (encoding, TAB layout for pair tasks, length) before the
 first line is printed, so a failing call writes nothing to stdout: a script that pipes the
@@ -8,15 +8,21 @@ output never sees a header without rows.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.io import decode_utf8, require_file
 from pipeline.logs import get_logger
 from pipeline.params import DataParams
+from pipeline.serve import FP32_FILE, MANIFEST_FILE, ExportedStudent, load_export, softmax
 from pipeline.text import normalize
+
+if TYPE_CHECKING:
+    from pipeline.models import Student
 
 log = get_logger("predict")
 
@@ -31,32 +37,14 @@ def read_inputs(texts: Sequence[str], file: Path | None) -> list[tuple[str, str]
     if file is None:
         return inputs
     if str(file) == "-":
-        name, lines = "stdin", sys.stdin
-    elif file.is_dir():
-        raise PipelineError(f"{file}: is a directory, not a file of texts (one per line)")
-    elif not file.is_file():
-        raise PipelineError(f"{file}: file not found")
+        name, data = "stdin", sys.stdin.buffer.read()
     else:
-        name, lines = str(file), file.open(encoding="utf-8")
-    try:
-        inputs += [(f"{name} line {n}", line.rstrip("\r\n")) for n, line in _numbered(lines) if line.strip()]
-    finally:
-        if lines is not sys.stdin:
-            lines.close()
-    return inputs
-
-
-def _numbered(lines) -> Iterator[tuple[int, str]]:
-    n = 0
-    try:
-        for n, line in enumerate(lines, start=1):
-            yield n, line
-    except UnicodeDecodeError as exc:
-        name = getattr(lines, "name", "stdin")
-        raise PipelineError(
-            f"{name} line {n + 1}: not UTF-8 ({exc.reason} at byte {exc.start}); "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
+        require_file(file, "file", "one text per line, or '-' for stdin")
+        name, data = str(file), file.read_bytes()
+    # Decoded whole, not line by line: a stream decodes ahead in blocks, so its line count
+    # at a decoding error is not the bad byte's line.
+    lines = enumerate(decode_utf8(data, name).split("\n"), start=1)
+    return inputs + [(f"{name} line {n}", line.rstrip("\r")) for n, line in lines if line.strip()]
 
 
 def split_input(where: str, text: str, is_pair: bool, task: str) -> tuple[str, str | None]:
@@ -76,25 +64,43 @@ def split_input(where: str, text: str, is_pair: bool, task: str) -> tuple[str, s
     return parts[0], parts[1] if is_pair else None
 
 
-def main(model_dir: Path, texts: list[str], file: Path | None, batch_size: int) -> None:
-    """Print one TSV row per input: label, class probabilities, the input text."""
+class RawTextStudent:
+    """A PyTorch student behind the export runtime's interface: raw text in, probabilities out."""
+
+    def __init__(self, student: Student) -> None:
+        self.student = student
+        self.task = student.task.name
+        self.label_names = student.task.label_names
+        self.is_pair = student.config.is_pair
+
+    def predict_proba(self, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> np.ndarray:
+        text_b = None if text_b is None else [normalize(b) for b in text_b]
+        return softmax(self.student.predict_logits([normalize(a) for a in text_a], text_b, batch_size))
+
+
+def load_model(model_dir: Path) -> RawTextStudent | ExportedStudent:
+    """An export directory (`models/export/T/V`, served by onnxruntime) or a student directory."""
+    if any((model_dir / name).is_file() for name in (MANIFEST_FILE, FP32_FILE)):
+        return load_export(model_dir, threads=None)
     from pipeline.models import load_student
 
+    return RawTextStudent(load_student(model_dir))
+
+
+def main(model_dir: Path, texts: list[str], file: Path | None, batch_size: int) -> None:
+    """Print one TSV row per input: label, class probabilities, the input text."""
     if not texts and file is None:
         raise PipelineError("nothing to classify: give texts as arguments or --file (one per line, '-' for stdin)")
-    student = load_student(model_dir)
-    task, is_pair = student.task, student.config.is_pair
-    rows = [split_input(where, text, is_pair, task.name) for where, text in read_inputs(texts, file)]
+    model = load_model(model_dir)
+    is_pair = model.is_pair
+    rows = [split_input(where, text, is_pair, model.task) for where, text in read_inputs(texts, file)]
     text_columns = ["text_a", "text_b"] if is_pair else ["text_a"]
-    print("\t".join(["label", *(f"p_{name}" for name in task.label_names), *text_columns]))
+    print("\t".join(["label", *(f"p_{name}" for name in model.label_names), *text_columns]))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        text_a = [normalize(a) for a, _ in chunk]
-        text_b = [normalize(b) for _, b in chunk] if is_pair else None
-        logits = student.predict_logits(text_a, text_b, batch_size)
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        text_b = [b for _, b in chunk] if is_pair else None
+        probabilities = model.predict_proba([a for a, _ in chunk], text_b, batch_size)
         for (a, b), p in zip(chunk, probabilities):
             shown = [a, b] if is_pair else [a]
-            print("\t".join([task.label_names[int(p.argmax())], *(f"{x:.4f}" for x in p), *shown]))
+            print("\t".join([model.label_names[int(p.argmax())], *(f"{x:.4f}" for x in p), *shown]))
     sys.stdout.flush()

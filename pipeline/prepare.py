@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -22,7 +21,7 @@ import pyarrow as pa
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import ParsedSplit, atomic_path, file_sha256, parse_glue_tsv, write_table
+from pipeline.io import ParsedSplit, atomic_path, file_sha256, parse_glue_tsv, read_utf8, write_table
 from pipeline.logs import get_logger, stage_run
 from pipeline.params import DataParams, load_params
 from pipeline.tasks import SplitSpec, TaskSpec, get_task
@@ -47,9 +46,10 @@ def prepare_split(
     source: str,
     max_rows: int | None,
     max_bad_fraction: float,
+    max_text_chars: int | None = None,
 ) -> PreparedSplit:
     """Parse one split and enforce the bad-row budget; pure (text in, table out)."""
-    parsed: ParsedSplit = parse_glue_tsv(text, task, split, source)
+    parsed: ParsedSplit = parse_glue_tsv(text, task, split, source, max_text_chars)
     total = parsed.rows + len(parsed.bad_lines)
     if parsed.rows == 0:
         raise PipelineError(f"{source}: no usable rows ({total} data rows, all malformed or empty)")
@@ -87,15 +87,14 @@ def uses_download(data: DataParams) -> bool:
 
 
 def download_task(task: TaskSpec, base_url: str, cache: Path) -> Path:
-    """Fetch and unpack the official GLUE archive of `task` into `cache` (once)."""
+    """Fetch the official GLUE archive of `task`, check its sha256, unpack it into `cache` (once)."""
     target = cache / task.glue_dir
     if (target / task.train_split.file).is_file():
         return target
     url = f"{base_url.rstrip('/')}/{task.archive}"
     log.info("downloading %s", url)
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        archive = Path(tmp) / task.archive
+    with atomic_path(target) as final:  # archive and extraction share its temporary directory
+        archive = final.parent / task.archive
         try:
             with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as out:
                 shutil.copyfileobj(response, out)
@@ -103,16 +102,19 @@ def download_task(task: TaskSpec, base_url: str, cache: Path) -> Path:
             raise PipelineError(
                 f"cannot download {url} ({exc}); set GLUE_DIR or data.glue_dir to a local glue_data/"
             ) from None
+        digest = file_sha256(archive)
+        if digest != task.archive_sha256:  # a truncated, altered or different file: keep nothing
+            raise PipelineError(
+                f"{url}: sha256 {digest} is not that of the official {task.archive} "
+                f"({task.archive_sha256}); set GLUE_DIR or data.glue_dir to use other files"
+            )
         try:
             with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
+                zf.extractall(final.parent)
         except zipfile.BadZipFile:
             raise PipelineError(f"{url}: not a zip archive") from None
-        extracted = Path(tmp) / task.glue_dir
-        if not extracted.is_dir():
+        if not final.is_dir():
             raise PipelineError(f"{url}: archive has no {task.glue_dir}/ directory")
-        with atomic_path(target) as final:
-            extracted.rename(final)
     return target
 
 
@@ -131,15 +133,14 @@ def main(task_name: str, params_path: Path) -> None:
         prepared = []
         for split in task.splits:  # parse everything first: nothing is written on a bad input
             tsv = task_dir / split.file
-            if not tsv.is_file():
-                if split.required:
-                    raise PipelineError(f"{tsv}: missing (expected the GLUE {task.glue_dir} layout)")
+            if not split.required and not tsv.exists():
                 if split.labelled:
                     log.info("%s: not found; %s is optional and is reported as not available", tsv, split.name)
                 continue
+            text = read_utf8(tsv, "GLUE file", f"expected the GLUE {task.glue_dir} layout")
             limit = data.max_train_rows if split.name == "train" else data.max_eval_rows
             result = prepare_split(
-                tsv.read_text(encoding="utf-8"), task, split, str(tsv), limit, data.max_bad_fraction
+                text, task, split, str(tsv), limit, data.max_bad_fraction, data.max_text_chars
             )
             if result.bad_lines:
                 log.warning(

@@ -11,7 +11,6 @@ are the closer comparison (METHOD.md §1.1, §2.4).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, read_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import primary_metric
 from pipeline.params import load_params
@@ -32,6 +31,12 @@ OURS = {
     TEACHER: "BERT teacher (ours)",
     DISTILLED: "BiLSTM distilled (ours)",
     BASELINE: "BiLSTM baseline (ours)",
+}
+# The exported students (`pipeline.serve`), keyed as evaluate writes them.
+EXPORTS = {
+    paths.export_key(variant, int8): f"BiLSTM {variant}, ONNX {'int8' if int8 else 'fp32'} (ours)"
+    for variant in paths.STUDENT_VARIANTS
+    for int8 in (False, True)
 }
 FIGURES = "figures"
 PLOTS = "plots"  # per-task CSVs for `dvc plots show` (top-level `plots:` in dvc.yaml)
@@ -179,9 +184,7 @@ class TaskResults:
 
 
 def _read_json(path: Path, stage: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found (run: dvc repro {stage})")
-    return json.loads(path.read_text())
+    return read_json(path, stage)
 
 
 def load_results(task: TaskSpec) -> TaskResults:
@@ -397,12 +400,12 @@ def speed_section(results: Sequence[TaskResults]) -> list[str]:
             timings = r.speed[device]
             teacher = timings[TEACHER]
             rows_timed = r.speed["protocol"]["rows"]
-            for name in (TEACHER, DISTILLED, BASELINE):
+            for name in [n for n in (*OURS, *EXPORTS) if n in timings]:
                 t = timings[name]
                 rows.append(
                     [
                         r.task.glue_dir,
-                        OURS[name],
+                        {**OURS, **EXPORTS}[name],
                         f"{rows_timed:,}",
                         f"{t['throughput_model_s']:.2f}",
                         versus_teacher(name, teacher["throughput_model_s"], t["throughput_model_s"]),
@@ -439,6 +442,58 @@ def speed_section(results: Sequence[TaskResults]) -> list[str]:
         "§2.2, what its clock covered is not stated):",
         "",
         *table2,
+    ]
+
+
+def export_section(results: Sequence[TaskResults]) -> list[str]:
+    """The served students against their PyTorch originals: score, agreement, size, speed."""
+    rows = []
+    for r in results:
+        key = primary_metric(r.task)
+        teacher_ms = r.speed["cpu"][TEACHER]["latency_e2e_ms_median"]
+        for name, label in EXPORTS.items():
+            if name not in r.metrics:
+                continue
+            m, t = r.metrics[name], r.speed["cpu"][name]
+            student = name.split("_onnx")[0]
+            torch_rows_per_s = r.speed["cpu"][student]["throughput_model_rows_per_s"]
+            rows.append(
+                [
+                    r.task.glue_dir,
+                    label,
+                    pct(m[key]),
+                    f"{100 * (m[key] - r.metrics[student][key]):+.2f}",
+                    f"{m['predictions_differing']:,}",
+                    f"{m['model_file_bytes'] / 1e6:.1f} MB",
+                    f"{t['latency_e2e_ms_median']:.3f}",
+                    ratio(teacher_ms / t["latency_e2e_ms_median"]),
+                    f"{t['throughput_model_rows_per_s']:,.0f} ({t['throughput_model_rows_per_s'] / torch_rows_per_s:.1f}×)",
+                ]
+            )
+    if not rows:
+        return []
+    header = [
+        "Task",
+        "Model",
+        "Dev metric",
+        "− PyTorch student (points)",
+        "Dev predictions differing",
+        "Model file",
+        "Batch-1 text → label, median (ms)",
+        "Teacher ÷ export, batch 1",
+        "Batch-512 model rows/s (× PyTorch student)",
+    ]
+    return [
+        "",
+        "### Served students: the ONNX exports on the CPU",
+        "",
+        "`dvc repro export` writes each student as ONNX (float32, and int8 from dynamic",
+        "quantisation) with its vocabulary; `pipeline.serve` runs it with onnxruntime and numpy",
+        "alone. The exports are scored on the same dev rows from raw text (they tokenise it",
+        "themselves), so \"text → label\" is the whole serving path; the PyTorch models' end-to-end",
+        "figures start from text already in canonical form. Dev metric: the task's primary one.",
+        "",
+        *_table(header, rows),
     ]
 
 
@@ -503,6 +558,7 @@ def render_markdown(results: Sequence[TaskResults]) -> str:
         "",
         *size_section(results),
         *speed_section(results),
+        *export_section(results),
         "",
         *setup_section(results),
         "",
@@ -524,25 +580,30 @@ def draw_figures(results: Sequence[TaskResults], out_dir: Path) -> list[Path]:
     colors = {TEACHER: "tab:red", DISTILLED: "tab:blue", BASELINE: "tab:gray"}
     n = len(results)
 
+    # The exports share their students' parameters; on the latency axis they are new points.
     scatters = (
         (
             "accuracy_vs_params.png",
             "parameters, embeddings included (millions)",
             lambda r, m: r.metrics[m]["params_total"] / 1e6,
+            (),
         ),
         (
             "accuracy_vs_latency.png",
             "CPU batch-1 latency, median (ms)",
             lambda r, m: r.speed["cpu"][m]["latency_model_ms_median"],
+            tuple(EXPORTS),
         ),
     )
-    for filename, xlabel, x_of in scatters:
+    for filename, xlabel, x_of, extra in scatters:
         fig = Figure(figsize=(4.5 * n, 3.6), layout="constrained")
         for ax, r in zip(fig.subplots(1, n, squeeze=False)[0], results):
             key = primary_metric(r.task)
-            for name in (TEACHER, DISTILLED, BASELINE):
+            for name in (TEACHER, DISTILLED, BASELINE, *(e for e in extra if e in r.metrics)):
                 x, y = x_of(r, name), 100 * r.metrics[name][key]
-                ax.scatter([x], [y], color=colors[name], s=60)
+                variant = name.split("_onnx")[0]
+                marker = "o" if name == variant else ("s" if name.endswith("_int8") else "D")
+                ax.scatter([x], [y], color=colors[variant], marker=marker, s=60)
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels within a decade

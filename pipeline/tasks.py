@@ -3,6 +3,10 @@
 Adding another GLUE classification task (RTE, MRPC, ...) is one more `TaskSpec` entry in
 `TASKS`; no stage has task-specific code. Label ids follow the Hugging Face GLUE convention
 end to end (METHOD.md §0.10), so teacher, transfer set and student always agree.
+
+The archives' sha256 values are those Hugging Face `datasets` recorded for the same URLs
+(`datasets/glue/dataset_infos.json`, `download_checksums`); MNLI.zip's also matches a Git LFS
+pointer noted in ../shared/glue/SOURCES.md.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class TaskSpec:
     name: str  # our id: sst2, qqp, mnli
     glue_dir: str  # directory name in glue_data/: SST-2, QQP, MNLI
     archive: str  # zip name of the official GLUE distribution
+    archive_sha256: str  # of that zip; a download with other bytes is refused
     text_a: str  # TSV column of the first sentence
     text_b: str | None  # TSV column of the second sentence (None: single-sentence task)
     label_column: str
@@ -79,6 +84,7 @@ TASKS: dict[str, TaskSpec] = {
             name="sst2",
             glue_dir="SST-2",
             archive="SST-2.zip",
+            archive_sha256="d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa",
             text_a="sentence",
             text_b=None,
             label_column="label",
@@ -92,6 +98,7 @@ TASKS: dict[str, TaskSpec] = {
             name="qqp",
             glue_dir="QQP",
             archive="QQP-clean.zip",
+            archive_sha256="40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0",
             text_a="question1",
             text_b="question2",
             label_column="is_duplicate",
@@ -105,6 +112,7 @@ TASKS: dict[str, TaskSpec] = {
             name="mnli",
             glue_dir="MNLI",
             archive="MNLI.zip",
+            archive_sha256="e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633",
             text_a="sentence1",
             text_b="sentence2",
             label_column="gold_label",

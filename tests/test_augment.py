@@ -33,7 +33,6 @@ from pipeline.prepare import main as prepare_main
 from pipeline.tasks import get_task
 from pipeline.text import MASK_TOKEN, PosTagger, normalize, tagger_identity, word_tokenize
 
-ROOT = Path(__file__).resolve().parents[1]
 RULES = AugmentParams()  # the paper's p_mask = p_pos = 0.1, p_ng = 0.25, n in 1..5
 REAL_ROWS = 300
 
@@ -250,10 +249,10 @@ def test_pair_modes_hit_a_third_each():
 # --------------------------------------------------------------------------- tagging
 
 
-def test_memoised_tagger_matches_nltk_pos_tag(glue_dir):
-    lines = (glue_dir / "SST-2" / "train.tsv").read_text().splitlines()[1:400]
-    qqp = (glue_dir / "QQP" / "train.tsv").read_text().splitlines()[2:200]
-    texts = [line.split("\t")[0] for line in lines] + [line.split("\t")[3] for line in qqp]
+def test_memoised_tagger_matches_nltk_pos_tag(sample_glue_dir):
+    sst2 = (sample_glue_dir / "SST-2" / "train.tsv").read_text().splitlines()[1:]
+    mnli = (sample_glue_dir / "MNLI" / "train.tsv").read_text().splitlines()[1:]
+    texts = [line.split("\t")[0] for line in sst2] + [t for line in mnli for t in line.split("\t")[1:3]]
     tagger = PosTagger()
     for text in texts:
         tokens = word_tokenize(text)
@@ -270,17 +269,17 @@ def test_missing_tagger_is_one_clear_error(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, glue_dir) -> Path:
-    """A project dir holding the first REAL_ROWS training rows of SST-2 and QQP, prepared."""
+def prepared(tmp_path_factory, sample_glue_dir) -> Path:
+    """A project dir holding the first REAL_ROWS training rows of SST-2 and MNLI, prepared."""
     root = tmp_path_factory.mktemp("prepared")
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({
-        "tasks": ["sst2", "qqp"],
-        "data": {"glue_dir": str(glue_dir), "max_train_rows": REAL_ROWS, "max_eval_rows": 10},
+        "tasks": ["sst2", "mnli"],
+        "data": {"glue_dir": str(sample_glue_dir), "max_train_rows": REAL_ROWS, "max_eval_rows": 10},
     }))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        for task in ("sst2", "qqp"):
+        for task in ("sst2", "mnli"):
             prepare_main(task, params)
     return root
 
@@ -293,9 +292,12 @@ def workdir(tmp_path, monkeypatch, prepared) -> Path:
 
 
 def write_params(directory: Path, **augment_values) -> Path:
-    """The project's params.yaml (per-task n_iter included) with some augment values changed."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["augment"].update(augment_values)
+    """The committed augment values (the paper's rules; 10 rounds for pairs), some changed.
+
+    Spelled out, not read from the checkout's params.yaml, which an experiment (`dvc exp run
+    -S ...`, the smoke run of the README included) leaves edited.
+    """
+    params = {"tasks": ["sst2", "mnli"], "augment": {"mnli": {"n_iter": 10}, **augment_values}}
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -306,7 +308,7 @@ def run(task: str, params: Path, workers: int) -> Path:
     return paths.augmented(task)
 
 
-@pytest.mark.parametrize("task", ["sst2", "qqp"])
+@pytest.mark.parametrize("task", ["sst2", "mnli"])
 def test_output_is_byte_identical_across_worker_counts(workdir, monkeypatch, task):
     monkeypatch.setattr(augment, "CHUNK_ROWS", 64)  # several chunks, shared by the workers
     params = write_params(workdir)
@@ -317,7 +319,7 @@ def test_output_is_byte_identical_across_worker_counts(workdir, monkeypatch, tas
     assert other_seed != one
 
 
-@pytest.mark.parametrize("task", ["sst2", "qqp"])
+@pytest.mark.parametrize("task", ["sst2", "mnli"])
 def test_output_file_contract_dedup_and_metadata(workdir, monkeypatch, task):
     monkeypatch.setattr(augment, "CHUNK_ROWS", 64)
     out = run(task, write_params(workdir), workers=2)
@@ -338,7 +340,7 @@ def test_output_file_contract_dedup_and_metadata(workdir, monkeypatch, task):
     keys = [(r["text_a"], r["text_b"]) for r in synthetic]
     assert len(set(keys)) == len(keys)  # no synthetic row repeats another
     assert not set(keys) & {(r["text_a"], r["text_b"]) for r in originals}
-    if task == "qqp":
+    if task == "mnli":
         assert all(a and b for a, b in keys)
     assert pq.ParquetFile(out).metadata.num_row_groups > 2  # streamed: originals, then per chunk
 
@@ -353,7 +355,7 @@ def test_output_file_contract_dedup_and_metadata(workdir, monkeypatch, task):
     }
 
 
-@pytest.mark.parametrize("task", ["sst2", "qqp"])
+@pytest.mark.parametrize("task", ["sst2", "mnli"])
 def test_chunked_parallel_dedup_equals_one_sequential_pass(workdir, monkeypatch, task):
     """Chunks deduplicated locally in workers, then globally in order == the paper's plain loop."""
     monkeypatch.setattr(augment, "CHUNK_ROWS", 32)
@@ -377,7 +379,7 @@ def test_chunked_parallel_dedup_equals_one_sequential_pass(workdir, monkeypatch,
 
 
 def test_zero_probabilities_yield_no_synthetic_rows(workdir):
-    out = run("qqp", write_params(workdir, p_mask=0.0, p_pos=0.0, p_ng=0.0), workers=1)
+    out = run("mnli", write_params(workdir, p_mask=0.0, p_pos=0.0, p_ng=0.0), workers=1)
     table = read_table(out, AUGMENTED_SCHEMA)
     assert table.num_rows == REAL_ROWS
     assert all(table["is_original"].to_pylist())

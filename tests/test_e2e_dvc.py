@@ -6,6 +6,9 @@ the README says), commits and pushes, outputs and run-cache. That one expensive 
 shared by every test; each test then works in its own git clone of Alice's repo (teammate
 Bob), so no test depends on another having run first.
 
+The smoke profile reads the GLUE sample embedded in samples/glue and the POS tagger shipped in
+nltk_data/, so these tests need nothing beside the repository.
+
 Stage names come from DVC's own log lines ("Running stage 'x'", "Stage 'x' is cached",
 "Stage 'x' didn't change"). `prepare` is `always_changed` (its GLUE source may be
 `$GLUE_DIR`, which DVC cannot track), so it runs on every repro; the tests assert instead
@@ -20,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import yaml
 
 from pipeline import paths
 from smoke_profile import overrides, smoke_args, with_overrides
+from sshd import MISSING, SSHD, SshServer, ssh_server
 
 pytestmark = pytest.mark.slow
 
@@ -196,6 +200,7 @@ def test_an_immediate_second_repro_runs_nothing(origin: Origin, capsys):
 
 
 STUDENTS = ("student@{task}-distilled", "student@{task}-baseline")
+EXPORTS = ("export@{task}-distilled", "export@{task}-baseline")  # follow their students
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +215,11 @@ def bob_on_alices_cache(origin: Origin, tmp_path_factory: pytest.TempPathFactory
         ("teacher.lr", 3e-5, for_tasks(["teacher@{task}"])),
         ("teacher.sst2.lr", 3e-5, {"teacher@sst2"}),
         ("augment.p_pos", 0.2, for_tasks(["augment@{task}"])),
-        ("augment.qqp.n_iter", 3, {"augment@qqp"}),
+        ("augment.mnli.n_iter", 3, {"augment@mnli"}),
         ("label.batch_tokens", 4096, for_tasks(["label@{task}"])),
         ("student.alpha", 0.5, for_tasks(STUDENTS)),
         ("student.sst2.epochs", 3, for_tasks(STUDENTS, ["sst2"])),
+        ("export.int8", False, for_tasks(EXPORTS)),
         ("evaluate.latency_repeats", 5, for_tasks(["evaluate@{task}"])),
     ],
 )
@@ -236,7 +242,7 @@ def test_a_param_change_marks_exactly_the_stages_that_read_it(
         assert list(status[stage][0]["changed deps"]) == ["params.yaml"]
 
 
-CHAIN = ("label@{task}", *STUDENTS, "evaluate@{task}")  # what follows a teacher or augment
+CHAIN = ("label@{task}", *STUDENTS, *EXPORTS, "evaluate@{task}")  # what follows a teacher or augment
 
 
 @pytest.mark.parametrize(
@@ -259,11 +265,15 @@ def test_a_param_change_reruns_exactly_its_stages_and_what_follows(
     assert {p: after[p]["outs"] for p in PREPARE} == {p: before[p]["outs"] for p in PREPARE}
 
 
-def test_repro_single_item_reruns_one_stage_with_identical_output(origin: Origin, tmp_path):
+@pytest.mark.parametrize("stage", ["teacher@sst2", "label@sst2"])
+def test_repro_single_item_reruns_one_stage_with_identical_output(origin: Origin, tmp_path, stage):
+    """A recomputed teacher or label run gives the same directory/file hash in dvc.lock, so
+    nothing downstream reruns after it; byte-identical logits are what make them shareable."""
     bob = origin.alice.clone(tmp_path / "bob", share_cache=True)
-    run = bob.dvc("repro", "--force", "--single-item", "label@sst2")
-    assert run.ran == {"label@sst2"}
-    assert bob.lock() == origin.alice.lock()  # byte-identical logits: what makes them shareable
+    run = bob.dvc("repro", "--force", "--single-item", stage)
+    assert run.ran == {stage}
+    assert bob.lock() == origin.alice.lock()
+    assert bob.status() == {}
 
 
 # --------------------------------------------------------------------------- two teammates
@@ -283,7 +293,7 @@ def test_student_param_change_on_a_fresh_clone_pulls_only_what_it_needs(origin: 
     unchanged upstream stages are neither pulled nor rerun, only the students' inputs are."""
     bob = origin.alice.clone(tmp_path / "bob")
     run = bob.dvc("exp", "run", "--pull", "--allow-missing", "-S", "student.alpha=0.5")
-    assert run.ran - PREPARE == for_tasks([*STUDENTS, "evaluate@{task}"]) | {"report"}
+    assert run.ran - PREPARE == for_tasks([*STUDENTS, *EXPORTS, "evaluate@{task}"]) | {"report"}
     assert not run.restored
     for task in TASKS:  # pulled for the students, not recomputed
         assert bob.lock()[f"label@{task}"] == origin.alice.lock()[f"label@{task}"]
@@ -307,3 +317,34 @@ def test_run_cache_route_restores_instead_of_recomputing(origin: Origin, tmp_pat
     assert run.restored == bob.stage_names() - measured
     before, after = origin.alice.lock(), bob.lock()
     assert {s: after[s] for s in run.restored} == {s: before[s] for s in run.restored}
+
+
+# --------------------------------------------------------------------------- a network remote
+
+
+@pytest.fixture(scope="module")
+def ssh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    if not Path(SSHD).is_file():
+        pytest.skip(MISSING)
+    with ssh_server(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+def test_sharing_over_an_ssh_remote(origin: Origin, ssh: SshServer, tmp_path: Path, capsys):
+    """Alice pushes outputs and run-cache to a team server over SSH (`dvc-ssh`, a real sshd
+    on 127.0.0.1); Bob's fresh clone pulls from it and `dvc repro` recomputes nothing."""
+    url = ssh.url(tmp_path / "team-server")
+    alice = origin.alice
+    for project in (alice, bob := alice.clone(tmp_path / "bob")):
+        # --local: the key is each teammate's own; a team commits the remote URL itself
+        project.dvc("remote", "add", "--local", "team-ssh", url)
+        project.dvc("remote", "modify", "--local", "team-ssh", "keyfile", str(ssh.client_key))
+    push = alice.dvc("push", "--run-cache", "-r", "team-ssh")
+    assert (tmp_path / "team-server" / "runs").is_dir()  # the run-cache went over SSH too
+    pull = bob.dvc("pull", "-r", "team-ssh")
+    assert bob.status() == {}
+    run = bob.dvc("repro")
+    assert run.ran == PREPARE and not run.restored
+    assert bob.git("status", "--porcelain") == ""
+    report_time(capsys, "`dvc push --run-cache` over SSH", push.seconds)
+    report_time(capsys, "`dvc pull` over SSH", pull.seconds)

@@ -16,7 +16,9 @@ from pipeline import evaluate, paths
 from pipeline.errors import PipelineError
 from pipeline.io import SPLIT_SCHEMA, write_table
 from pipeline.metrics import compute_metrics
-from pipeline.models import StudentConfig, build_model, save_student
+from pipeline.export import export_student
+from pipeline.models import StudentConfig, build_model, load_student, save_student
+from pipeline.params import ExportParams
 from pipeline.models.vocab import Vocab
 from pipeline.speed import measure_latency, measure_throughput
 from pipeline.tasks import get_task
@@ -79,8 +81,8 @@ class FixedClassifier:
 
 def test_score_covers_every_eval_split_and_counts_parameters():
     splits = [
-        evaluate.EvalSplit(MNLI.split("dev_matched"), ["m", "m"], ["x", "y"], np.array([0, 2])),
-        evaluate.EvalSplit(MNLI.split("dev_mismatched"), ["mm", "mm"], ["x", "y"], np.array([1, 1])),
+        evaluate.EvalSplit(MNLI.split("dev_matched"), ["m", "m"], ["x", "y"], np.array([0, 2]), [], []),
+        evaluate.EvalSplit(MNLI.split("dev_mismatched"), ["mm", "mm"], ["x", "y"], np.array([1, 1]), [], []),
     ]
     model = FixedClassifier(
         {
@@ -270,6 +272,8 @@ def _write_project(root: Path, task, splits: dict[str, tuple], teacher_dir: Path
     texts = [normalize(t) for a, b, _ in splits.values() for t in [*a, *(b or [])]]
     for variant in paths.STUDENT_VARIANTS:
         _write_student(root, task, variant, texts)
+        student = load_student(root / paths.student_dir(task.name, variant))
+        export_student(student, root / paths.export_dir(task.name, variant), variant, ExportParams(), {})
     _write_histories(root, task)
     (root / "params.yaml").write_text(
         f"tasks: [{task.name}]\n"
@@ -296,7 +300,15 @@ def qqp_project(tmp_path, monkeypatch, tiny_bert_factory):
 def test_main_writes_deterministic_metrics_and_separate_speed(qqp_project):
     evaluate.main("qqp", Path("params.yaml"))
     metrics = json.loads(paths.metrics_file("qqp").read_text())
-    assert set(metrics) == {"teacher", "distilled", "baseline", "data"}
+    exports = {f"{v}_onnx{q}" for v in paths.STUDENT_VARIANTS for q in ("", "_int8")}
+    assert set(metrics) == {"teacher", "distilled", "baseline", "data", *exports}
+    for variant in paths.STUDENT_VARIANTS:  # the float32 export predicts what its student does
+        fp32, int8 = metrics[f"{variant}_onnx"], metrics[f"{variant}_onnx_int8"]
+        assert fp32["predictions_differing"] == 0
+        assert fp32["eval_accuracy"] == metrics[variant]["eval_accuracy"]
+        assert fp32["eval_f1"] == metrics[variant]["eval_f1"]
+        assert (fp32["model_file"], int8["model_file"]) == ("model.onnx", "model.int8.onnx")
+        assert 0 < int8["model_file_bytes"] and 0 < fp32["model_file_bytes"]
     for name in ("teacher", "distilled", "baseline"):
         entry = metrics[name]
         assert 0 <= entry["eval_accuracy"] <= 1 and 0 <= entry["eval_f1"] <= 1
@@ -313,7 +325,7 @@ def test_main_writes_deterministic_metrics_and_separate_speed(qqp_project):
 
     speed = json.loads(paths.speed_file("qqp").read_text())
     assert set(speed) == {"cpu", "protocol", "environment"}
-    assert set(speed["cpu"]) == {"teacher", "distilled", "baseline"}
+    assert set(speed["cpu"]) == {"teacher", "distilled", "baseline", *exports}
     assert speed["protocol"] == {"rows": 3, "batch_size": 2, "latency_repeats": 2, "warmup_batches": 1}
     assert speed["environment"]["cpu_threads"] == 1
     assert speed["environment"]["dtype"] == "float32"

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
+from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.io import (
     AUGMENTED_SCHEMA,
@@ -12,10 +20,14 @@ from pipeline.io import (
     atomic_path,
     dir_sha256,
     logits_schema,
+    read_json,
     read_metadata,
     read_table,
+    write_json,
     write_table,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _split_table() -> pa.Table:
@@ -70,3 +82,97 @@ def test_dir_hash_follows_content_not_timestamps(tmp_path):
     assert dir_sha256(tmp_path / "x") == dir_sha256(tmp_path / "y")
     (tmp_path / "y" / "config.json").write_text("{ }")
     assert dir_sha256(tmp_path / "x") != dir_sha256(tmp_path / "y")
+
+
+# --------------------------------------------------------------------------- bad artifacts
+
+
+def test_truncated_artifacts_name_the_stage_that_rewrites_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    split = write_table(_split_table(), paths.prepared_split("sst2", "train"))
+    split.write_bytes(split.read_bytes()[:-100])
+    expected = "data/glue/sst2/train.parquet: unreadable Parquet file ("
+    for read in (read_table, read_metadata):
+        with pytest.raises(PipelineError) as failure:
+            read(split)
+        assert str(failure.value).startswith(expected), failure.value
+        assert str(failure.value).endswith("; rerun: dvc repro prepare@sst2")
+    metrics = write_json({"teacher": {"eval_accuracy": 0.9}}, paths.metrics_file("qqp"))
+    metrics.write_text(metrics.read_text()[:20])
+    expected = r"^metrics/qqp.json: unreadable JSON file \(.*: line 3 column 4 .*\); rerun: dvc repro evaluate@qqp$"
+    with pytest.raises(PipelineError, match=expected):
+        read_json(metrics)
+
+
+def test_a_directory_where_an_artifact_goes_is_called_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths.logits("qqp").mkdir(parents=True)
+    with pytest.raises(PipelineError, match=r"^data/logits/qqp.parquet: is a directory, not a file "
+                                            r"\(run: dvc repro label@qqp\)$"):
+        read_table(paths.logits("qqp"))
+
+
+@pytest.mark.parametrize(
+    ("path", "stage"),
+    [
+        ("data/glue/qqp/dev.parquet", "prepare@qqp"),
+        ("data/augmented/sst2.parquet", "augment@sst2"),
+        ("./data/logits/mnli.parquet", "label@mnli"),
+        ("models/teacher/sst2/config.json", "teacher@sst2"),
+        ("metrics/teacher/qqp.json", "teacher@qqp"),
+        ("models/student/sst2/baseline", "student@sst2-baseline"),
+        ("metrics/curves/qqp-distilled.csv", "student@qqp-distilled"),
+        ("metrics/sst2_speed.json", "evaluate@sst2"),
+        ("elsewhere/x.parquet", None),
+    ],
+)
+def test_producing_stage_follows_the_layout(path, stage):
+    assert paths.producing_stage(path) == stage
+
+
+# --------------------------------------------------------------------------- no debris
+
+SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+from pipeline.io import atomic_path
+
+with atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.mkdir()
+    for n in range(4):
+        (tmp / f"shard-{n}.bin").write_bytes(bytes(1 << 20))
+    print("saving", flush=True)
+    time.sleep(120)  # killed here, mid-save
+"""
+
+
+def test_a_killed_save_leaves_a_temp_the_next_save_removes(tmp_path):
+    target = tmp_path / "sst2"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert writer.stdout.readline() == "saving\n"
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        writer.kill()
+        writer.stdout.close()
+    (debris,) = tmp_path.glob(".sst2.*.tmp")
+    assert len(list(debris.rglob("shard-*.bin"))) == 4 and not target.exists()
+    (tmp_path / ".sst2.json.0123abcd.tmp").mkdir()  # another output's temp (a live writer's): kept
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "weights.bin").write_text("y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sst2.json.0123abcd.tmp", "sst2"]
+
+
+@pytest.mark.parametrize("ignore_file", [".gitignore", ".dvcignore"])
+def test_temps_are_ignored_by_git_and_dvc(tmp_path, ignore_file):
+    """.dvcignore has gitignore syntax, so git checks both files."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(ROOT / ignore_file, tmp_path / ".gitignore")
+    names = ["models/teacher/.sst2.0a1b2c3d.tmp", "metrics/.sst2.json.0a1b2c3d.tmp/sst2.json",
+             "models/teacher/sst2/config.json", "params.yaml"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.stdout.split() == names[:2]

@@ -68,13 +68,13 @@ def build_corpus(glue_dir: Path, task_name: str, originals: int) -> pa.Table:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, glue_dir, tiny_bert_factory):
-    """A temp project root (cwd) with params, a 2-label teacher and a real-row corpus per task."""
+def project(tmp_path, monkeypatch, sample_glue_dir, tiny_bert_factory):
+    """A temp project root (cwd) with params, a tiny teacher and a real-row corpus per task."""
     monkeypatch.chdir(tmp_path)
-    PARAMS.write_text(yaml.safe_dump({"tasks": ["sst2", "qqp"], "label": LABEL_PARAMS}))
-    for task, originals in (("sst2", 40), ("qqp", 16)):
-        shutil.copytree(tiny_bert_factory(2), paths.teacher_dir(task))
-        write_table(build_corpus(glue_dir, task, originals), paths.augmented(task))
+    PARAMS.write_text(yaml.safe_dump({"tasks": ["sst2", "mnli"], "label": LABEL_PARAMS}))
+    for task, originals in (("sst2", 40), ("mnli", 16)):
+        shutil.copytree(tiny_bert_factory(get_task(task).num_labels), paths.teacher_dir(task))
+        write_table(build_corpus(sample_glue_dir, task, originals), paths.augmented(task))
     return tmp_path
 
 
@@ -121,7 +121,7 @@ def direct_logits(
 # --------------------------------------------------------------------------- exactness and order
 
 
-@pytest.mark.parametrize("task_name", ["sst2", "qqp"])
+@pytest.mark.parametrize("task_name", ["sst2", "mnli"])
 def test_logits_equal_a_direct_model_call(project, task_name):
     label.main(task_name, PARAMS)
     corpus = pq.read_table(paths.augmented(task_name))
@@ -248,19 +248,19 @@ def test_ranks_seeing_different_inputs_are_refused():
 
 
 def test_metadata_names_teacher_corpus_and_params(project):
-    label.main("qqp", PARAMS)
-    out = paths.logits("qqp")
-    assert pq.read_schema(out).remove_metadata() == logits_schema(2)
+    label.main("mnli", PARAMS)
+    out = paths.logits("mnli")
+    assert pq.read_schema(out).remove_metadata() == logits_schema(3)
     meta = read_metadata(out)
     assert set(meta) == {"task", "num_labels", "teacher_path", "teacher_sha256", "corpus_path",
                          "corpus_sha256", "rows", "params", "dtype", "device"}
-    assert meta["teacher_path"] == str(paths.teacher_dir("qqp"))
-    assert meta["teacher_sha256"] == dir_sha256(paths.teacher_dir("qqp"))
-    assert meta["corpus_sha256"] == file_sha256(paths.augmented("qqp"))
-    assert meta["rows"] == pq.read_metadata(paths.augmented("qqp")).num_rows
+    assert meta["teacher_path"] == str(paths.teacher_dir("mnli"))
+    assert meta["teacher_sha256"] == dir_sha256(paths.teacher_dir("mnli"))
+    assert meta["corpus_sha256"] == file_sha256(paths.augmented("mnli"))
+    assert meta["rows"] == pq.read_metadata(paths.augmented("mnli")).num_rows
     assert meta["params"] == LABEL_PARAMS
     assert (meta["dtype"], meta["device"]) == ("float32", "cpu")
-    assert label.check_logits_match(out, paths.augmented("qqp"), get_task("qqp")) == meta
+    assert label.check_logits_match(out, paths.augmented("mnli"), get_task("mnli")) == meta
 
 
 def test_consumers_refuse_logits_of_another_corpus_or_task(project):
@@ -285,9 +285,9 @@ def test_teacher_with_another_label_count_is_refused(project, tiny_bert_factory)
 
 
 def test_missing_inputs_are_refused(project):
-    shutil.rmtree(paths.teacher_dir("qqp"))
+    shutil.rmtree(paths.teacher_dir("mnli"))
     with pytest.raises(PipelineError, match="no teacher checkpoint"):
-        label.main("qqp", PARAMS)
+        label.main("mnli", PARAMS)
     paths.augmented("sst2").unlink()
     with pytest.raises(PipelineError, match="augmented/sst2.parquet: file not found"):
         label.main("sst2", PARAMS)

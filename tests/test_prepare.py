@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import http.server
 import os
 import shutil
@@ -18,10 +18,10 @@ import yaml
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import SPLIT_SCHEMA, read_metadata
+from pipeline.io import SPLIT_SCHEMA, file_sha256, read_metadata
 from pipeline.prepare import main as prepare_main
 from pipeline.prepare import prepare_split
-from pipeline.tasks import get_task
+from pipeline.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,16 +114,16 @@ def test_quotes_are_kept_literally(workdir, glue_dir):
     assert sum('"' in q for q in questions) > 100
 
 
-def test_outputs_are_byte_identical_across_runs(workdir, glue_dir):
-    params = write_params(workdir, ["qqp"], glue_dir=str(glue_dir))
-    prepare_main("qqp", params)
-    first = {p.name: p.read_bytes() for p in paths.prepared_dir("qqp").iterdir()}
-    prepare_main("qqp", params)
-    assert {p.name: p.read_bytes() for p in paths.prepared_dir("qqp").iterdir()} == first
+def test_outputs_are_byte_identical_across_runs(workdir, sample_glue_dir):
+    params = write_params(workdir, ["mnli"], glue_dir=str(sample_glue_dir))
+    prepare_main("mnli", params)
+    first = {p.name: p.read_bytes() for p in paths.prepared_dir("mnli").iterdir()}
+    prepare_main("mnli", params)
+    assert {p.name: p.read_bytes() for p in paths.prepared_dir("mnli").iterdir()} == first
 
 
-def test_glue_dir_env_is_used_when_param_is_null(workdir, glue_dir, monkeypatch):
-    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+def test_glue_dir_env_is_used_when_param_is_null(workdir, sample_glue_dir, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(sample_glue_dir))
     prepare_main("sst2", write_params(workdir, ["sst2"], max_train_rows=10, max_eval_rows=5))
     assert pq.read_table(paths.prepared_split("sst2", "train")).num_rows == 10
     assert pq.read_table(paths.prepared_split("sst2", "dev")).num_rows == 5
@@ -196,9 +196,40 @@ def test_a_bad_split_leaves_earlier_outputs_untouched(workdir):
 
 def test_missing_file_fails(workdir):
     (workdir / "glue" / "SST-2").mkdir(parents=True)
-    with pytest.raises(PipelineError, match="train.tsv: missing"):
+    with pytest.raises(PipelineError, match=r"train.tsv: GLUE file not found \(expected the GLUE SST-2 layout\)"):
         prepare_main("sst2", write_params(workdir, ["sst2"], glue_dir=str(workdir / "glue")))
     assert not paths.prepared_dir("sst2").exists()
+
+
+def write_sst2_dir(root: Path, glue_dir: Path, train_rows: int) -> Path:
+    """SST-2 in the GLUE layout, as bytes: the first `train_rows` real training rows, and dev."""
+    (root / "SST-2").mkdir(parents=True)
+    for name, rows in (("train.tsv", train_rows), ("dev.tsv", 50)):
+        lines = (glue_dir / "SST-2" / name).read_bytes().split(b"\n")[: rows + 1]
+        (root / "SST-2" / name).write_bytes(b"\n".join(lines) + b"\n")
+    return root
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(workdir, sample_glue_dir):
+    """The official MRPC TSVs start with a UTF-8 BOM; the header must still read `sentence`."""
+    root = write_sst2_dir(workdir / "glue", sample_glue_dir, train_rows=20)
+    train = root / "SST-2" / "train.tsv"
+    train.write_bytes(b"\xef\xbb\xbf" + train.read_bytes())
+    prepare_main("sst2", write_params(workdir, ["sst2"], glue_dir=str(root)))
+    assert pq.read_table(paths.prepared_split("sst2", "train")).num_rows == 20
+
+
+def test_a_multi_megabyte_row_is_skipped_with_its_line(workdir, sample_glue_dir, caplog):
+    root = write_sst2_dir(workdir / "glue", sample_glue_dir, train_rows=400)
+    train = root / "SST-2" / "train.tsv"
+    lines = train.read_bytes().split(b"\n")
+    lines.insert(100, b"an endless film " * 500_000 + b"\t0")  # 8 MB, file line 101
+    train.write_bytes(b"\n".join(lines))
+    prepare_main("sst2", write_params(workdir, ["sst2"], glue_dir=str(root), max_bad_fraction=0.01))
+    why = "line 101: 7,999,999 characters, over data.max_text_chars=10000"
+    assert f"skipped 1 malformed row(s): {why}" in caplog.text
+    texts = pq.read_table(paths.prepared_split("sst2", "train")).column("text_a").to_pylist()
+    assert len(texts) == 400 and max(map(len, texts)) <= 10_000
 
 
 def test_missing_glue_dir_fails(workdir):
@@ -209,43 +240,70 @@ def test_missing_glue_dir_fails(workdir):
 # --------------------------------------------------------------------------- download
 
 
+@dataclasses.dataclass(frozen=True)
+class ArchiveServer:
+    url: str
+    requests: list[str]  # paths asked for, in order
+
+
 @pytest.fixture
-def glue_server(tmp_path, glue_dir):
-    """Serve official-style GLUE archives (SST-2.zip with real rows) on 127.0.0.1."""
+def glue_server(tmp_path, sample_glue_dir, monkeypatch):
+    """GLUE-style archives on 127.0.0.1, standing in for `data.download_url`.
+
+    SST-2.zip holds real rows and, for the test, is registered as the official archive (its
+    sha256 in the task table); QQP-clean.zip is not the official archive; MNLI.zip is absent.
+    """
     site = tmp_path / "site"
     site.mkdir()
     with zipfile.ZipFile(site / "SST-2.zip", "w") as zf:
         for name in ("train.tsv", "dev.tsv"):
-            lines = (glue_dir / "SST-2" / name).read_text().split("\n")[:51]
+            lines = (sample_glue_dir / "SST-2" / name).read_text().split("\n")[:51]
             zf.writestr(f"SST-2/{name}", "\n".join(lines) + "\n")
-    (site / "QQP-clean.zip").write_text("this is not a zip")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    official = dataclasses.replace(TASKS["sst2"], archive_sha256=file_sha256(site / "SST-2.zip"))
+    monkeypatch.setitem(TASKS, "sst2", official)
+    (site / "QQP-clean.zip").write_text("a truncated or tampered download")
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(site), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield ArchiveServer(f"http://127.0.0.1:{server.server_address[1]}", requests)
     server.shutdown()
 
 
-def test_download_from_archive_server(workdir, glue_server, monkeypatch):
+def test_download_fetches_verifies_and_caches_once(workdir, glue_server, monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     cache = workdir / "cache"
-    params = write_params(workdir, ["sst2"], download_url=glue_server, download_cache=str(cache))
+    params = write_params(workdir, ["sst2"], download_url=glue_server.url, download_cache=str(cache))
     prepare_main("sst2", params)
+    assert glue_server.requests == ["/SST-2.zip"]
     assert pq.read_table(paths.prepared_split("sst2", "train")).num_rows == 50
-    assert (cache / "SST-2" / "train.tsv").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == ["SST-2"]  # unpacked; no archive, no debris
     shutil.rmtree(paths.DATA)
-    prepare_main("sst2", params)  # second run reads the cache
+    prepare_main("sst2", params)  # the second run reads the cache: no request
+    assert glue_server.requests == ["/SST-2.zip"]
     assert pq.read_table(paths.prepared_split("sst2", "dev")).num_rows == 50
 
 
 def test_download_errors_are_one_line(workdir, glue_server, monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
-    params = write_params(workdir, ["qqp"], download_url=glue_server, download_cache=str(workdir / "c"))
-    with pytest.raises(PipelineError, match="QQP-clean.zip: not a zip archive"):
+    cache = workdir / "c"
+    params = write_params(workdir, ["qqp"], download_url=glue_server.url, download_cache=str(cache))
+    with pytest.raises(PipelineError, match="QQP-clean.zip: sha256 [0-9a-f]{64} is not that of the official"):
         prepare_main("qqp", params)
-    params = write_params(workdir, ["mnli"], download_url=glue_server, download_cache=str(workdir / "c"))
+    assert list(cache.iterdir()) == []  # nothing kept from a download that failed its check
+    params = write_params(workdir, ["mnli"], download_url=glue_server.url, download_cache=str(cache))
     with pytest.raises(PipelineError, match="cannot download .*MNLI.zip.*set GLUE_DIR"):
         prepare_main("mnli", params)
 
@@ -262,7 +320,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cli_help_lists_every_stage(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for stage in ("prepare", "teacher", "augment", "label", "student", "evaluate", "report", "predict"):
+    for stage in ("prepare", "teacher", "augment", "label", "student", "export", "evaluate", "report", "predict"):
         assert stage in result.stdout
 
 
@@ -285,4 +343,34 @@ def test_cli_errors_are_one_line_with_exit_1(tmp_path, args, setup, message):
     errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]  # no log lines
     assert errors == [errors[0]] and errors[0].startswith(message), result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("yaml", "params.yaml line 2, column 1: expected ',' or ']', but got '<stream end>' (while parsing "
+                 "a flow sequence from line 1, column 8); fix the YAML syntax"),
+        ("latin1", "{sst2}/train.tsv line 4: not UTF-8 (byte 61: invalid continuation byte); "
+                   "convert it, e.g. iconv -f latin1 -t utf-8"),
+        ("directory", "{sst2}/dev.tsv: is a directory, not a GLUE file (expected the GLUE SST-2 layout)"),
+    ],
+)
+def test_cli_bad_sources_are_one_line(tmp_path, case, message):
+    sst2 = tmp_path / "g" / "SST-2"
+    sst2.mkdir(parents=True)
+    (sst2 / "train.tsv").write_bytes(
+        b"sentence\tlabel\nit 's a charming journey \t1\na dull mess \t0\n"
+        + ("caf\u00e9 society \t1\n".encode("latin-1" if case == "latin1" else "utf-8"))
+    )
+    if case == "directory":
+        (sst2 / "dev.tsv").mkdir()
+    else:
+        (sst2 / "dev.tsv").write_text("sentence\tlabel\nfine \t1\n")
+    write_params(tmp_path, ["sst2"], glue_dir=str(tmp_path / "g"))
+    if case == "yaml":
+        (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp\n")
+    result = run_cli("prepare", "--task", "sst2", cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]  # no log lines
+    assert (result.returncode, errors) == (1, [f"error: {message.format(sst2=sst2)}"]), result.stderr
     assert not (tmp_path / "data").exists()

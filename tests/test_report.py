@@ -66,12 +66,19 @@ def write_fixture_metrics(root: Path, task_name: str) -> None:
         if task_name == "qqp":
             metrics[name]["eval_f1"] = acc - 0.1
         metrics[name].update(_histories(task_name)[name])
+    if task_name == "sst2":  # the distilled student's exports (QQP has none: rows appear per export)
+        metrics["distilled_onnx"] = {"eval_accuracy": 0.8830, "predictions_differing": 0,
+                                     "model_file": "model.onnx", "model_file_bytes": 27_400_000}
+        metrics["distilled_onnx_int8"] = {"eval_accuracy": 0.8819, "predictions_differing": 3,
+                                          "model_file": "model.int8.onnx", "model_file_bytes": 7_000_000}
     write_json(metrics, root / paths.metrics_file(task_name))
     speed = {
         "cpu": {
             "teacher": _timing(40.0, 12.0),
             "distilled": _timing(2.0, 0.5),
             "baseline": _timing(2.0, 0.4),
+            **({"distilled_onnx": _timing(0.5, 0.05), "distilled_onnx_int8": _timing(0.25, 0.03)}
+               if task_name == "sst2" else {}),
         },
         "protocol": {"rows": 1000, "batch_size": 512, "latency_repeats": 50, "warmup_batches": 3},
         "environment": {
@@ -184,10 +191,20 @@ def test_missing_metrics_fail_clearly_and_keep_the_old_report(project):
     report.main(Path("params.yaml"))
     before = (project / "reports" / "results.md").read_text()
     paths.speed_file("qqp").unlink()
-    with pytest.raises(PipelineError, match=r"qqp_speed.json: not found \(run: dvc repro evaluate@qqp\)"):
+    with pytest.raises(PipelineError, match=r"qqp_speed.json: file not found \(run: dvc repro evaluate@qqp\)"):
         report.main(Path("params.yaml"))
     assert (project / "reports" / "results.md").read_text() == before
     assert sorted(p.name for p in project.iterdir()) == ["metrics", "params.yaml", "reports"]
+
+
+def test_truncated_metrics_name_the_stage_to_rerun(project):
+    path = paths.metrics_file("sst2")
+    path.write_bytes(path.read_bytes()[:40])  # as a crash mid-write outside atomic_path leaves it
+    with pytest.raises(PipelineError) as failure:
+        report.main(Path("params.yaml"))
+    message = str(failure.value)
+    assert message.startswith("metrics/sst2.json: unreadable JSON file (") and "\n" not in message
+    assert message.endswith("; rerun: dvc repro evaluate@sst2")
 
 
 def test_metrics_without_epoch_history_are_refused(project):
@@ -295,3 +312,16 @@ def test_dvc_metrics_and_plots_work_on_the_outputs(project):
         for variant in paths.STUDENT_VARIANTS:
             assert paths.curve_file(task, variant).as_posix() in plots["data"]
     assert plots["data"]["reports/figures/training_curves.png"][0]["type"] == "image"
+
+
+def test_exports_are_reported_beside_their_students(project):
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    # teacher e2e batch-1 12.25 ms / export 0.30 ms; 1000/0.5 rows/s against torch's 1000/2.0
+    assert (
+        "| SST-2 | BiLSTM distilled, ONNX fp32 (ours) | 88.30 | +0.00 | 0 | 27.4 MB | 0.300 | 41× "
+        "| 2,000 (4.0×) |" in text
+    )
+    assert "| SST-2 | BiLSTM distilled, ONNX int8 (ours) | 88.19 | -0.11 | 3 | 7.0 MB |" in text
+    assert "| QQP | BiLSTM distilled, ONNX" not in text
+    assert "| SST-2 | BiLSTM distilled, ONNX int8 (ours) | 1,000 |" in text  # in the CPU speed table

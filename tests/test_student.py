@@ -96,8 +96,8 @@ def _sst2_rows(glue_dir: Path, split: str, n: int) -> tuple[list[str], list[int]
     return [normalize(f[0]) for f in fields], [int(f[1]) for f in fields]
 
 
-def test_tiny_student_overfits_32_real_sst2_rows(glue_dir):
-    texts, labels = _sst2_rows(glue_dir, "train", 32)
+def test_tiny_student_overfits_32_real_sst2_rows(sample_glue_dir):
+    texts, labels = _sst2_rows(sample_glue_dir, "train", 32)
     rows = LabelledTexts(pa.array(texts), None, np.array(labels))
     params = StudentParams(hidden_size=32, fc_size=32, dropout=0.0, batch_size=8)
     trained = fit_student(SST2, rows, rows, params, alpha=1.0, epochs=30, device=torch.device("cpu"))
@@ -107,10 +107,10 @@ def test_tiny_student_overfits_32_real_sst2_rows(glue_dir):
     assert 0.9 < trained.token_coverage <= 1.0
 
 
-def test_backoff_words_change_unseen_dev_words_only(glue_dir):
+def test_backoff_words_change_unseen_dev_words_only(sample_glue_dir):
     """Training is the same with or without backoff words; only unseen dev words read them."""
-    texts, labels = _sst2_rows(glue_dir, "train", 32)
-    dev_texts, dev_labels = _sst2_rows(glue_dir, "dev", 64)
+    texts, labels = _sst2_rows(sample_glue_dir, "train", 32)
+    dev_texts, dev_labels = _sst2_rows(sample_glue_dir, "dev", 64)
     train = LabelledTexts(pa.array(texts), None, np.array(labels))
     dev = LabelledTexts(pa.array(dev_texts), None, np.array(dev_labels))
     runs = {
@@ -129,16 +129,16 @@ def test_backoff_words_change_unseen_dev_words_only(glue_dir):
     assert (backoff.vocab.encode(dev_texts).ids >= len(plain.vocab)).any()
 
 
-def test_pair_student_trains_and_scores_real_qqp_rows(glue_dir):
-    qqp = get_task("qqp")
-    lines = (glue_dir / "QQP" / "dev.tsv").read_text().split("\n")[1:25]
+def test_pair_student_trains_and_scores_real_mnli_rows(sample_glue_dir):
+    mnli = get_task("mnli")
+    lines = (sample_glue_dir / "MNLI" / "dev_matched.tsv").read_text().split("\n")[1:25]
     fields = [line.split("\t") for line in lines]
     text_a = pa.array([normalize(f[3]) for f in fields])
     text_b = pa.array([normalize(f[4]) for f in fields])
-    rows = LabelledTexts(text_a, text_b, np.array([int(f[5]) for f in fields]))
+    rows = LabelledTexts(text_a, text_b, np.array([mnli.label_index(f[5]) for f in fields]))
     params = StudentParams(vectors="random", random_dim=8, hidden_size=8, fc_size=8, batch_size=8)
-    trained = fit_student(qqp, rows, rows, params, alpha=1.0, epochs=2, device=torch.device("cpu"))
-    assert list(trained.curve[0]) == ["epoch", "train_loss", "eval_accuracy", "eval_f1", "examples_per_s"]
+    trained = fit_student(mnli, rows, rows, params, alpha=1.0, epochs=2, device=torch.device("cpu"))
+    assert list(trained.curve[0]) == ["epoch", "train_loss", "eval_accuracy", "examples_per_s"]
     assert isinstance(trained.model, SiameseBiLSTM)
 
 
@@ -160,9 +160,9 @@ TINY_PARAMS = {
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch, glue_dir) -> Path:
+def project(tmp_path: Path, monkeypatch, sample_glue_dir) -> Path:
     """A working directory with a small SST-2 transfer set, random teacher logits and a dev split."""
-    texts, labels = _sst2_rows(glue_dir, "train", 24)
+    texts, labels = _sst2_rows(sample_glue_dir, "train", 24)
     synthetic = [" ".join([MASK_TOKEN, *t.split()[1:]]) for t in texts[:16]]
     n = len(texts) + len(synthetic)
     corpus = pa.table(
@@ -179,7 +179,7 @@ def project(tmp_path: Path, monkeypatch, glue_dir) -> Path:
     monkeypatch.chdir(tmp_path)
     write_table(corpus, paths.augmented("sst2"))
     write_logits(np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32), np.arange(n))
-    dev_texts, dev_labels = _sst2_rows(glue_dir, "dev", 20)
+    dev_texts, dev_labels = _sst2_rows(sample_glue_dir, "dev", 20)
     dev = pa.table(
         {"idx": list(range(20)), "text_a": dev_texts, "text_b": [None] * 20, "label": dev_labels},
         schema=SPLIT_SCHEMA,
@@ -352,3 +352,26 @@ def test_predict_missing_model_is_one_error_line(tmp_path):
     assert result.returncode == 1
     expected = f"error: {tmp_path / 'nope'}: student directory not found (train it: dvc repro student)"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+@pytest.mark.parametrize(
+    ("file_bytes", "args", "message"),
+    [
+        (b"a witty film\ncaf\xe9 society\n", ["--file", "{in}"], "{in} line 2: not UTF-8"),
+        (None, ["--file", "{dir}"], "{dir}: is a directory, not a file (one text per line"),
+        (None, ["a long film " * 1000], "argument 1: 12,000 characters, over the limit of 10,000"),
+    ],
+)
+def test_predict_failures_are_one_stderr_line_and_no_stdout(student_dir, tmp_path, file_bytes, args, message):
+    """A script piping predict's output never sees a header without rows."""
+    names = {"in": tmp_path / "in.txt", "dir": tmp_path}
+    if file_bytes is not None:
+        names["in"].write_bytes(file_bytes)
+    argv = [arg.format_map(names) if arg.startswith("{") else arg for arg in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", str(student_dir), *argv],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message.format_map(names)}"), line

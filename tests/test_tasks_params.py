@@ -83,3 +83,51 @@ def test_bad_params_fail_with_the_key(raw, message):
 def test_missing_params_file(tmp_path):
     with pytest.raises(PipelineError, match="params file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"teacher": {"epochs": "2"}}, "teacher.epochs: Input should be a valid integer, got the string '2'"),
+        ({"student": {"qqp": {"dropout": "0.1"}}}, "student.qqp.dropout: Input should be a valid number"),
+        ({"teacher": {"seed": True}}, "teacher.seed: Input should be a valid integer"),
+        ({"data": {"max_text_chars": 1e4}}, "data.max_text_chars: Input should be a valid integer"),
+    ],
+)
+def test_types_are_strict(raw, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_params({"tasks": ["sst2"], **raw})
+
+
+def test_ints_pass_where_floats_go_and_exponents_are_numbers(tmp_path):
+    """`dvc exp run -S teacher.lr=3e-5` writes `3e-05`, a string to YAML 1.1 but a number to DVC."""
+    path = tmp_path / "params.yaml"
+    path.write_text("tasks: [sst2]\nteacher:\n  lr: 3e-05\n  max_grad_norm: 1\nstudent:\n  lr: 1E+0\n")
+    params = load_params(path)
+    assert (params.teacher.lr, params.teacher.max_grad_norm, params.student.lr) == (3e-5, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"tasks: [sst2, qqp\n", "line 2, column 1: expected ',' or ']', but got '<stream end>' "
+         "(while parsing a flow sequence from line 1, column 8); fix the YAML syntax"),
+        (b"tasks: [sst2]\ndata:\n  max_bad_fraction: 0.1\n glue_dir: x\n",
+         "line 4, column 2: expected <block end>, but found '<block mapping start>'"),
+        (b"tasks: [sst2]\nteacher:\n  lr: 1.0e-5\n  epochs: 2\n  lr: 3.0e-5\n",  # DVC refuses it too
+         "line 5, column 3: found duplicate key 'lr' (in the mapping from line 3, column 3)"),
+        (b"tasks: [sst2]\n# caf\xe9\n", "line 2: not UTF-8 (byte 19: invalid continuation byte); convert it"),
+    ],
+)
+def test_unreadable_params_file_is_one_line_with_its_line(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(text)
+    with pytest.raises(PipelineError) as failure:
+        load_params(path)
+    assert str(failure.value).startswith(f"{path} {message}") and "\n" not in str(failure.value)
+
+
+def test_params_directory_is_called_a_directory(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(PipelineError, match="params.yaml: is a directory, not a params file"):
+        load_params(tmp_path / "params.yaml")

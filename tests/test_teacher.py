@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _glue_rows(glue_dir: Path, task, split: str, rows: int) -> pa.Table:
-    """The first `rows` data rows of a real GLUE split, parsed as `prepare` parses them."""
+    """The first `rows` data rows of a GLUE split, parsed as `prepare` parses them."""
     spec = task.split(split)
     path = glue_dir / task.glue_dir / spec.file
     with path.open() as fh:
@@ -61,10 +61,10 @@ def _model(model_dir: Path, task, dropout: bool = True):
 
 
 @pytest.fixture
-def sst2_data(glue_dir, tiny_bert_factory):
+def sst2_data(sample_glue_dir, tiny_bert_factory):
     _, tokenizer = _model(tiny_bert_factory(2), SST2)
-    train = teacher.encode(tokenizer, SST2, _glue_rows(glue_dir, SST2, "train", 64), 64)
-    dev = teacher.encode(tokenizer, SST2, _glue_rows(glue_dir, SST2, "dev", 32), 64)
+    train = teacher.encode(tokenizer, SST2, _glue_rows(sample_glue_dir, SST2, "train", 64), 64)
+    dev = teacher.encode(tokenizer, SST2, _glue_rows(sample_glue_dir, SST2, "dev", 32), 64)
     return train, [(SST2.split("dev"), dev)]
 
 
@@ -125,11 +125,11 @@ def test_gradient_accumulation_matches_whole_batches(tiny_bert_factory, sst2_dat
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, glue_dir):
+def project(tmp_path, monkeypatch, sample_glue_dir):
     """A project directory holding prepared SST-2 rows; the cwd while the test runs."""
     monkeypatch.chdir(tmp_path)
-    write_table(_glue_rows(glue_dir, SST2, "train", 64), paths.prepared_split("sst2", "train"))
-    write_table(_glue_rows(glue_dir, SST2, "dev", 32), paths.prepared_split("sst2", "dev"))
+    write_table(_glue_rows(sample_glue_dir, SST2, "train", 64), paths.prepared_split("sst2", "train"))
+    write_table(_glue_rows(sample_glue_dir, SST2, "dev", 32), paths.prepared_split("sst2", "dev"))
     return tmp_path
 
 
@@ -139,7 +139,7 @@ def _write_params(directory: Path, **teacher_params) -> Path:
     return path
 
 
-def test_main_writes_the_best_epoch_model_and_its_metrics(project, tiny_bert_factory):
+def test_main_writes_the_best_epoch_model_and_its_metrics(project, tiny_bert_factory, sample_glue_dir):
     model_dir = str(tiny_bert_factory(2))
     params_path = _write_params(
         project, model=model_dir, lr=1e-3, epochs=2, batch_size=16, length_group_batches=2
@@ -160,7 +160,7 @@ def test_main_writes_the_best_epoch_model_and_its_metrics(project, tiny_bert_fac
     assert not list(project.glob("models/teacher/.*")), "atomic write leaves no temp dir"
 
     model, tokenizer = load_teacher(out, SST2)
-    dev_rows = _glue_rows(Path(os.environ["GLUE_DIR"]), SST2, "dev", 32)
+    dev_rows = _glue_rows(sample_glue_dir, SST2, "dev", 32)
     dev = teacher.encode(tokenizer, SST2, dev_rows, 128)
     scored = teacher.evaluate(model, SST2, [(SST2.split("dev"), dev)], 8, torch.device("cpu"), None)
     assert scored == best["metrics"], "the saved weights are the best epoch's"

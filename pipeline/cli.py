@@ -85,7 +85,7 @@ def export(task: Task, variant: Variant, params: ParamsFile = DEFAULT_PARAMS) ->
 
 @app.command()
 def evaluate(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
-    """Dev metrics, sizes and speed of teacher and students -> metrics/<task>.json."""
+    """Dev metrics, sizes and speed of teacher and students -> metrics/evaluate/<task>.json."""
     from pipeline import evaluate as stage
 
     stage.main(task, params)

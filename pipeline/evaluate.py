@@ -7,13 +7,13 @@ is timed by `pipeline.speed` on the same training sentences, on the CPU always a
 GPU when there is one. All models run in float32, the paper's setting.
 
 Two outputs, so a noisy timing never invalidates an accuracy:
-- `metrics/<task>.json`: metrics, parameter counts and the data sizes behind them, plus each
+- `metrics/evaluate/<task>.json`: metrics, parameter counts and the data sizes behind them, plus each
   model's dev score per training epoch (from the teacher's `training.json` and the students'
   curves) so the report can show what keeping the best dev epoch adds over the last one;
   deterministic, so `dvc metrics diff` shows only real changes. An optional eval split the
   source lacked (MNLI dev_mismatched) gets no metric keys at all, only an `unavailable` entry
   with the reason: never a zero or a NaN.
-- `metrics/<task>_speed.json`: timings per device and model, plus the environment
+- `metrics/evaluate/<task>_speed.json`: timings per device and model, plus the environment
   (CPU/GPU model, threads, versions) they were taken in.
 
 Every text is put in the canonical form (`pipeline.text.normalize`) that teacher and
@@ -171,7 +171,8 @@ def load_eval_split(task: TaskSpec, spec: SplitSpec) -> EvalSplit:
 
 
 def split_sizes(task: TaskSpec, spec: SplitSpec) -> dict[str, int]:
-    """Rows used, rows in the GLUE source file and rows skipped as malformed, for the report."""
+    """Rows used, rows in the GLUE source file, rows skipped as malformed and the source
+    file's sha256 (which copy of the data it was), for the report."""
     path = paths.prepared_split(task.name, spec.name)
     meta = read_metadata(path)
     if "source_rows" not in meta or "skipped_rows" not in meta:
@@ -181,6 +182,7 @@ def split_sizes(task: TaskSpec, spec: SplitSpec) -> dict[str, int]:
     return {
         f"{spec.name}_rows": pq.read_metadata(path).num_rows,
         f"{spec.name}_source_rows": meta["source_rows"],
+        f"{spec.name}_source_sha256": meta.get("source_sha256", ""),
         f"{spec.name}_skipped_rows": meta["skipped_rows"],
     }
 

@@ -60,12 +60,17 @@ def export_dir(task: str, variant: str) -> Path:
     return MODELS / "export" / task / variant
 
 
+def evaluate_metrics_dir() -> Path:
+    """Evaluate's outputs and nothing else: exactly what the report reads (its one dep)."""
+    return METRICS / "evaluate"
+
+
 def metrics_file(task: str) -> Path:
-    return METRICS / f"{task}.json"
+    return evaluate_metrics_dir() / f"{task}.json"
 
 
 def speed_file(task: str) -> Path:
-    return METRICS / f"{task}_speed.json"
+    return evaluate_metrics_dir() / f"{task}_speed.json"
 
 
 def label_scratch(task: str) -> Path:

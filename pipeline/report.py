@@ -1,6 +1,6 @@
 """`report` stage: `reports/results.md` and its figures, from the metrics files alone.
 
-Every number of ours is read from `metrics/<task>.json` and `metrics/<task>_speed.json`
+Every number of ours is read from `metrics/evaluate/<task>.json` and `metrics/evaluate/<task>_speed.json`
 (written by `evaluate`, which also copies each model's per-epoch dev scores there); the only
 numbers typed in here are the published ones below, constants of the literature, each with
 its source in METHOD.md. Ours are GLUE **dev** scores; the
@@ -127,14 +127,15 @@ PAPER_TABLE2 = (
     ("BiLSTM_SOFT", "0.96", "2.44", "1×", "1×"),
 )
 
-# Where the development workspace's copy of each task comes from (../shared/glue/SOURCES.md).
+# Known copies of a task's training file, by sha256 (../shared/glue/SOURCES.md), and what the
+# report says about them; another copy (a sample, the official download) gets no note.
 SOURCE_NOTES = {
-    "sst2": "the official GLUE files.",
-    "qqp": (
+    "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1": "the official GLUE SST-2 files.",
+    "b8a0265f35f88bc4603c8f9c8732308a4f9c087cf8278ae17e9317c734eb3b69": (
         "a real 23,497-pair excerpt of the official QQP *training* split (20,000 train / 3,497 dev): "
         "its dev scores are not comparable with published QQP dev numbers."
     ),
-    "mnli": (
+    "e524f07ab4eac83817d2a03a9a845e868419f8c994b08355da6b30433381ce75": (
         "the complete official dev_matched set and 75,571 real MultiNLI training pairs (a fifth of "
         "GLUE's train, label-balanced), without dev_mismatched: trained on a fifth of the data with "
         "balanced labels, so not comparable with published MNLI-m numbers."
@@ -157,8 +158,8 @@ class TaskResults:
     """Everything the report shows for one task, as read from metrics/."""
 
     task: TaskSpec
-    metrics: dict[str, Any]  # metrics/<task>.json
-    speed: dict[str, Any]  # metrics/<task>_speed.json
+    metrics: dict[str, Any]  # metrics/evaluate/<task>.json
+    speed: dict[str, Any]  # metrics/evaluate/<task>_speed.json
 
     @property
     def metric_keys(self) -> list[str]:
@@ -239,7 +240,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
-def data_note(task: TaskSpec, data: dict[str, int], unavailable: dict[str, str]) -> str:
+def data_note(task: TaskSpec, data: dict[str, Any], unavailable: dict[str, str]) -> str:
     """Rows used per split against GLUE's official sizes, and whether the run is reduced."""
     official = GLUE_ROWS.get(task.name, {})
     parts, reduced = [], False
@@ -268,7 +269,8 @@ def data_note(task: TaskSpec, data: dict[str, int], unavailable: dict[str, str])
         verdict = " Scores are **not comparable** with published numbers for this task."
     else:
         verdict = " Full official splits." if official else ""
-    source_note = f" Source here: {SOURCE_NOTES[task.name]}" if task.name in SOURCE_NOTES else ""
+    known = SOURCE_NOTES.get(data.get(f"{task.train_split.name}_source_sha256", ""))
+    source_note = f" Source: {known}" if known else ""
     return f"- **{task.glue_dir}**: " + "; ".join(parts) + "." + verdict + source_note
 
 

@@ -319,8 +319,8 @@ def test_main_writes_deterministic_metrics_and_separate_speed(qqp_project):
         ]  # every epoch's dev score, no timings
     assert metrics["teacher"]["num_layers"] == 2 and metrics["teacher"]["hidden_size"] == 32
     assert metrics["data"] == {
-        "train_rows": 5, "train_source_rows": 6, "train_skipped_rows": 1,
-        "dev_rows": 4, "dev_source_rows": 5, "dev_skipped_rows": 1,
+        "train_rows": 5, "train_source_rows": 6, "train_skipped_rows": 1, "train_source_sha256": "",
+        "dev_rows": 4, "dev_source_rows": 5, "dev_skipped_rows": 1, "dev_source_sha256": "",
     }  # fmt: skip
 
     speed = json.loads(paths.speed_file("qqp").read_text())

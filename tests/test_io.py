@@ -99,7 +99,7 @@ def test_truncated_artifacts_name_the_stage_that_rewrites_them(tmp_path, monkeyp
         assert str(failure.value).endswith("; rerun: dvc repro prepare@sst2")
     metrics = write_json({"teacher": {"eval_accuracy": 0.9}}, paths.metrics_file("qqp"))
     metrics.write_text(metrics.read_text()[:20])
-    expected = r"^metrics/qqp.json: unreadable JSON file \(.*: line 3 column 4 .*\); rerun: dvc repro evaluate@qqp$"
+    expected = r"^metrics/evaluate/qqp.json: unreadable JSON file \(.*: line 3 column 4 .*\); rerun: dvc repro evaluate@qqp$"
     with pytest.raises(PipelineError, match=expected):
         read_json(metrics)
 
@@ -122,7 +122,7 @@ def test_a_directory_where_an_artifact_goes_is_called_one(tmp_path, monkeypatch)
         ("metrics/teacher/qqp.json", "teacher@qqp"),
         ("models/student/sst2/baseline", "student@sst2-baseline"),
         ("metrics/curves/qqp-distilled.csv", "student@qqp-distilled"),
-        ("metrics/sst2_speed.json", "evaluate@sst2"),
+        ("metrics/evaluate/sst2_speed.json", "evaluate@sst2"),
         ("elsewhere/x.parquet", None),
     ],
 )

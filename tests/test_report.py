@@ -44,7 +44,7 @@ def _timing(model_s: float, latency_ms: float) -> dict[str, float]:
 
 
 def write_fixture_metrics(root: Path, task_name: str) -> None:
-    """metrics/<task>.json and metrics/<task>_speed.json, as evaluate writes them."""
+    """metrics/evaluate/<task>.json and metrics/evaluate/<task>_speed.json, as evaluate writes them."""
     scores = SCORES[task_name]
     metrics: dict = {
         "teacher": {
@@ -166,6 +166,13 @@ def test_report_flags_reduced_data_per_task(project):
     assert "not comparable" in qqp
 
 
+def test_a_known_copy_of_the_data_gets_its_source_note(project):
+    data = json.loads(paths.metrics_file("qqp").read_text())["data"]
+    assert "excerpt" not in report.data_note(get_task("qqp"), data, {})  # an unknown copy: no note
+    data["train_source_sha256"] = "b8a0265f35f88bc4603c8f9c8732308a4f9c087cf8278ae17e9317c734eb3b69"
+    assert "Source: a real 23,497-pair excerpt" in report.data_note(get_task("qqp"), data, {})
+
+
 def test_report_flags_a_truncated_run(project):
     metrics = json.loads(paths.metrics_file("sst2").read_text())
     metrics["data"]["train_rows"] = 1000
@@ -203,7 +210,7 @@ def test_truncated_metrics_name_the_stage_to_rerun(project):
     with pytest.raises(PipelineError) as failure:
         report.main(Path("params.yaml"))
     message = str(failure.value)
-    assert message.startswith("metrics/sst2.json: unreadable JSON file (") and "\n" not in message
+    assert message.startswith("metrics/evaluate/sst2.json: unreadable JSON file (") and "\n" not in message
     assert message.endswith("; rerun: dvc repro evaluate@sst2")
 
 
@@ -293,13 +300,13 @@ def test_dvc_metrics_and_plots_work_on_the_outputs(project):
     for task in SCORES:  # (the teacher stage's metrics files are absent here)
         assert set(shown[paths.metrics_file(task).as_posix()]) == {"data"}
         assert set(shown[paths.speed_file(task).as_posix()]) == {"data"}
-    assert shown["metrics/sst2.json"]["data"]["distilled"]["eval_accuracy"] == SCORES["sst2"]["distilled"]
+    assert shown["metrics/evaluate/sst2.json"]["data"]["distilled"]["eval_accuracy"] == SCORES["sst2"]["distilled"]
 
     changed = json.loads(paths.metrics_file("sst2").read_text())
     changed["distilled"]["eval_accuracy"] = 0.9
     write_json(changed, paths.metrics_file("sst2"))
     diff = json.loads(_dvc(project, "metrics", "diff", "--json"))
-    assert diff["metrics/sst2.json"] == {
+    assert diff["metrics/evaluate/sst2.json"] == {
         "distilled.eval_accuracy": {"old": 0.883, "new": 0.9, "diff": pytest.approx(0.017)}
     }
 

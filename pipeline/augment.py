@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -475,8 +474,10 @@ def augment_to_parquet(
     report.seconds["tokenise_tag"] = time.perf_counter() - started
 
     source_idx = train["idx"].to_numpy()
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(dir=out.parent, prefix=".augment-") as spill_dir:
-        spill = Path(spill_dir) / "synthetic.arrow"
+    with atomic_path(out) as tmp:
+        # Beside the Parquet file in the writer's temp directory: gone with it on success or
+        # failure, and removed by the next run if a kill left it.
+        spill = tmp.parent / "synthetic.arrow"
         started = time.perf_counter()
         with pa.OSFile(str(spill), "wb") as sink, pa.ipc.new_file(sink, AUGMENTED_SCHEMA) as writer:
             for batch in synthetic_batches(corpus, params, source_idx, workers, report):

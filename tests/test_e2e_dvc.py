@@ -251,7 +251,12 @@ CHAIN = ("label@{task}", *STUDENTS, *EXPORTS, "evaluate@{task}")  # what follows
         # The baseline reruns too: a DVC matrix stage shares one deps list (see dvc.yaml).
         ("augment.p_pos=0.2", for_tasks(["augment@{task}", *CHAIN]) | {"report"}),
         # `+`: Hydra's syntax for a key params.yaml does not have yet (`teacher.sst2: {}`).
-        ("+teacher.sst2.lr=3e-5", for_tasks(["teacher@{task}", *CHAIN], ["sst2"]) | {"report"}),
+        # The baseline reruns but reads nothing of the teacher: its directory comes out
+        # byte-identical, so its export does not rerun.
+        (
+            "+teacher.sst2.lr=3e-5",
+            for_tasks(["teacher@{task}", *CHAIN], ["sst2"]) - {"export@sst2-baseline"} | {"report"},
+        ),
     ],
     ids=["augment.p_pos", "teacher.sst2.lr"],
 )

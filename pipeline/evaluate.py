@@ -314,17 +314,45 @@ def training_history(task: TaskSpec, name: str) -> dict[str, Any]:
     if name == TEACHER:
         training = json.loads((paths.teacher_dir(task.name) / TEACHER_TRAINING_FILE).read_text())
         epochs = [{"epoch": e["epoch"], "train_loss": e["train_loss"], **e["metrics"]} for e in training["epochs"]]
-        return {"best_epoch": training["best_epoch"], "epochs": epochs}
+        return {"best_epoch": training["best_epoch"], "epochs": epochs, "settings": teacher_settings(training)}
     from pipeline.models import TRAINING_FILE
 
-    best_epoch = json.loads((paths.student_dir(task.name, name) / TRAINING_FILE).read_text())["best_epoch"]
+    training = json.loads((paths.student_dir(task.name, name) / TRAINING_FILE).read_text())
     with paths.curve_file(task.name, name).open(newline="") as fh:
         epochs = [
             {"epoch": int(row["epoch"]), "train_loss": float(row["train_loss"]),
              **{k: float(v) for k, v in row.items() if k.startswith("eval_")}}
             for row in csv.DictReader(fh)
         ]
-    return {"best_epoch": best_epoch, "epochs": epochs}
+    return {"best_epoch": training["best_epoch"], "epochs": epochs, "settings": student_settings(name, training)}
+
+
+def teacher_settings(training: dict[str, Any]) -> dict[str, Any]:
+    """What the report needs to say how the teacher was trained, from its own training record
+    (not from params.yaml, which may have moved on since)."""
+    params = training["params"]
+    return {
+        "model": training["checkpoint"]["name"],
+        "lr": params["lr"],
+        "epochs": params["epochs"],
+        "batch_size": params["batch_size"],
+        "precision": training["dtype"],
+        "train_rows": training["train_rows"],
+    }
+
+
+def student_settings(variant: str, training: dict[str, Any]) -> dict[str, Any]:
+    """A student's training settings as its training record holds them; the distilled one's
+    rows are the transfer set, the baseline's the original training rows."""
+    params = training["params"]
+    distilled = variant == paths.STUDENT_VARIANTS[0]
+    settings = {
+        "batch_size": params["batch_size"],
+        "epochs": params["epochs"] if distilled else params["baseline_epochs"],
+        "hidden_size": params["hidden_size"],
+        "train_rows": training["train_rows"],
+    }
+    return settings | ({"alpha": params["alpha"]} if distilled else {})
 
 
 def load_models(task: TaskSpec, params: EvaluateParams) -> dict[str, Classifier]:

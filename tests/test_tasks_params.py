@@ -40,13 +40,17 @@ def test_unknown_task_names_the_known_ones():
 
 def test_project_params_load():
     params = load_params(ROOT / "params.yaml")
-    assert params.tasks == ["sst2", "qqp"]
+    assert params.tasks == ["sst2", "qqp", "mnli"]
     assert params.teacher.for_task("mnli").lr == 5e-5
+    assert params.teacher.for_task("mnli").epochs == 2
     assert params.teacher.for_task("sst2").lr == 2e-5
+    assert params.teacher.for_task("sst2").epochs == 3
     assert params.augment.for_task("qqp").n_iter == 10
+    assert params.augment.for_task("mnli").n_iter == 4
     assert params.augment.for_task("sst2").n_iter == 20
-    assert params.student.for_task("qqp").batch_size == 256
-    assert params.student.for_task("sst2").batch_size == 50
+    assert params.student.for_task("qqp").batch_size == 50
+    assert params.student.for_task("mnli").epochs == 2
+    assert params.student.for_task("sst2").epochs == 3
 
 
 def test_every_section_default_matches_params_yaml():

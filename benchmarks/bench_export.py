@@ -64,7 +64,7 @@ def dev_rows(glue_dir: Path) -> tuple[list[str], np.ndarray, str]:
         table = read_table(prepared, SPLIT_SCHEMA)
         return table.column("text_a").to_pylist(), table.column("label").to_numpy(), str(prepared)
     spec = TASK.split("dev")
-    source = glue_dir / TASK.glue_dir / spec.file
+    source = glue_dir / TASK.source_dir / spec.file
     parsed = parse_glue_tsv(source.read_text(encoding="utf-8"), TASK, spec, str(source))
     return parsed.text_a, np.array(parsed.label), str(source)
 

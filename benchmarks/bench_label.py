@@ -61,7 +61,7 @@ def load_rows(n: int, seed: int, glue_dir: Path | None) -> tuple[list[str], str]
     if glue_dir is None:
         raise SystemExit("no data/augmented/sst2.parquet: give --glue-dir or set GLUE_DIR")
     task = get_task("sst2")
-    source = glue_dir / task.glue_dir / "train.tsv"
+    source = glue_dir / task.source_dir / "train.tsv"
     parsed = parse_glue_tsv(source.read_text(encoding="utf-8"), task, task.train_split, str(source))
     pick = np.sort(rng.choice(parsed.rows, size=min(n // 2, parsed.rows), replace=False))
     originals = [normalize(parsed.text_a[i]) for i in pick]

@@ -50,7 +50,7 @@ def main() -> None:
     dtype = autocast_dtype(args.precision or params.precision, device)
     threads = teacher.set_cpu_threads()
 
-    path = args.glue_dir / task.glue_dir / task.train_split.file
+    path = args.glue_dir / task.source_dir / task.train_split.file
     full = parse_glue_tsv(path.read_text(), task, task.train_split, str(path)).to_table()
     size = min(args.sample, full.num_rows)
     sample = np.sort(np.random.default_rng(0).choice(full.num_rows, size, replace=False))

@@ -49,12 +49,13 @@ from pipeline.io import (
     SPLIT_SCHEMA,
     atomic_path,
     file_sha256,
+    load_task,
     read_table,
     with_metadata,
 )
 from pipeline.logs import get_logger, stage_run
-from pipeline.params import AugmentParams, load_params
-from pipeline.tasks import TaskSpec, get_task
+from pipeline.params import AugmentParams, load_settings
+from pipeline.tasks import TaskSpec
 from pipeline.text import MASK_TOKEN, pos_tagger, tagger_identity, word_tokenize
 
 log = get_logger("augment")
@@ -511,8 +512,8 @@ def augment_to_parquet(
 
 
 def main(task_name: str, params_path: Path, workers: int | None) -> None:
-    task = get_task(task_name)
-    params = load_params(params_path).augment.for_task(task.name)
+    task = load_task(task_name)
+    params = load_settings(AugmentParams, task.name)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise PipelineError(f"--workers must be at least 1 (got {workers})")

@@ -22,15 +22,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Task = Annotated[str, typer.Option("--task", "-t", help="Task id from pipeline/tasks.py: sst2, qqp, mnli, ...")]
+Task = Annotated[str, typer.Option("--task", "-t", help="Task in params.yaml `tasks`: sst2, qqp, mnli, or a dataset of yours.")]
 ParamsFile = Annotated[Path, typer.Option("--params", help="Params file (the single source of truth).")]
 Variant = Annotated[str, typer.Option(help="Student: distilled (transfer set + logits) or baseline (gold labels).")]
 DEFAULT_PARAMS = Path("params.yaml")
 
 
 @app.command()
+def configure(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """The task's declaration and resolved settings -> data/params/<task>/<section>.json."""
+    from pipeline import configure as stage
+
+    stage.main(task, params)
+
+
+@app.command()
 def prepare(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
-    """GLUE TSV -> data/glue/<task>/<split>.parquet."""
+    """GLUE TSV, or your dataset's files -> data/glue/<task>/<split>.parquet."""
     from pipeline import prepare as stage
 
     stage.main(task, params)

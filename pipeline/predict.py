@@ -69,8 +69,8 @@ class RawTextStudent:
 
     def __init__(self, student: Student) -> None:
         self.student = student
-        self.task = student.task.name
-        self.label_names = student.task.label_names
+        self.task = student.config.task
+        self.label_names = student.config.label_names
         self.is_pair = student.config.is_pair
 
     def predict_proba(self, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> np.ndarray:

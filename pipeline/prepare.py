@@ -1,10 +1,15 @@
-"""`prepare` stage: GLUE TSV -> `data/glue/<task>/<split>.parquet` (DESIGN.md §2).
+"""`prepare` stage: a task's source files -> `data/glue/<task>/<split>.parquet` (DESIGN.md §2).
 
-Source, in this order: `data.glue_dir` in params.yaml, else `$GLUE_DIR`, else the official
-GLUE archive downloaded from `data.download_url` into `data.download_cache`. The stage is
-cheap and `dvc.yaml` marks it `always_changed`, so a new source (another `GLUE_DIR`, an
-edited TSV) is always picked up; its outputs are byte-identical when the content is the
-same, so nothing downstream reruns needlessly.
+A built-in GLUE task reads, in this order: `data.glue_dir` in params.yaml, else `$GLUE_DIR`,
+else the official GLUE archive downloaded from `data.download_url` into
+`data.download_cache`. DVC cannot see those, so its stage (`prepare@T`) is `always_changed`:
+a new source is always picked up, and its outputs are byte-identical when the content is the
+same, so nothing downstream reruns needlessly. A declared dataset reads the files in its
+`dir`, which DVC tracks and its stage (`prepare_dataset@T`) depends on: it reruns exactly
+when they change. Both run this module.
+
+Everything is parsed and checked before anything is written: a missing column, an empty
+split, a class absent from train or too many malformed rows fail in one line.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ import pyarrow as pa
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import ParsedSplit, atomic_path, file_sha256, parse_glue_tsv, read_utf8, write_table
+from pipeline.io import (
+    SourceRows,
+    atomic_path,
+    declared_task,
+    file_sha256,
+    infer_labels,
+    parse_rows,
+    read_source,
+    write_table,
+)
 from pipeline.logs import get_logger, stage_run
 from pipeline.params import DataParams, load_params
-from pipeline.tasks import SplitSpec, TaskSpec, get_task
+from pipeline.tasks import SplitSpec, TaskSpec
 
 log = get_logger("prepare")
 
@@ -40,7 +54,7 @@ class PreparedSplit:
 
 
 def prepare_split(
-    text: str,
+    rows: SourceRows,
     task: TaskSpec,
     split: SplitSpec,
     source: str,
@@ -48,9 +62,11 @@ def prepare_split(
     max_bad_fraction: float,
     max_text_chars: int | None = None,
 ) -> PreparedSplit:
-    """Parse one split and enforce the bad-row budget; pure (text in, table out)."""
-    parsed: ParsedSplit = parse_glue_tsv(text, task, split, source, max_text_chars)
+    """Parse one split and enforce the bad-row budget; pure (rows in, table out)."""
+    parsed = parse_rows(rows, task, split, source, max_text_chars)
     total = parsed.rows + len(parsed.bad_lines)
+    if total == 0:
+        raise PipelineError(f"{source}: empty split (no data rows); the {split.name} split needs rows")
     if parsed.rows == 0:
         raise PipelineError(f"{source}: no usable rows ({total} data rows, all malformed or empty)")
     bad_fraction = len(parsed.bad_lines) / total
@@ -65,6 +81,18 @@ def prepare_split(
 
 def _describe(bad_lines: list[tuple[int, str]]) -> str:
     return "; ".join(f"line {n}: {why}" for n, why in bad_lines[:BAD_LINES_SHOWN])
+
+
+def check_classes_in_train(task: TaskSpec, train: PreparedSplit, source: str) -> None:
+    """Every class must have training rows: a student cannot learn one it never sees."""
+    seen = set(train.table.column("label").to_pylist()) if train.table.num_rows else set()
+    absent = [name for i, name in enumerate(task.label_names) if i not in seen]
+    if absent:
+        where = f"datasets.{task.name}.labels" if not task.builtin else "the task's classes"
+        raise PipelineError(
+            f"{source}: no training row of class(es) {', '.join(map(repr, absent))} of {where}; "
+            "add rows of every class to train (or drop the class from labels)"
+        )
 
 
 # --------------------------------------------------------------------------- sources
@@ -88,9 +116,14 @@ def uses_download(data: DataParams) -> bool:
 
 def download_task(task: TaskSpec, base_url: str, cache: Path) -> Path:
     """Fetch the official GLUE archive of `task`, check its sha256, unpack it into `cache` (once)."""
-    target = cache / task.glue_dir
+    target = cache / task.source_dir
     if (target / task.train_split.file).is_file():
         return target
+    if task.archive is None or task.archive_sha256 is None:
+        raise PipelineError(
+            f"GLUE {task.source_dir} has no official archive to download (GLUE's script builds it); "
+            f"set GLUE_DIR or data.glue_dir to a glue_data/ holding {task.source_dir}/"
+        )
     url = f"{base_url.rstrip('/')}/{task.archive}"
     log.info("downloading %s", url)
     with atomic_path(target) as final:  # archive and extraction share its temporary directory
@@ -114,48 +147,57 @@ def download_task(task: TaskSpec, base_url: str, cache: Path) -> Path:
         except zipfile.BadZipFile:
             raise PipelineError(f"{url}: not a zip archive") from None
         if not final.is_dir():
-            raise PipelineError(f"{url}: archive has no {task.glue_dir}/ directory")
+            raise PipelineError(f"{url}: archive has no {task.source_dir}/ directory")
     return target
 
 
 # --------------------------------------------------------------------------- command
 
 
-def main(task_name: str, params_path: Path) -> None:
-    task = get_task(task_name)
-    data = load_params(params_path).data
+def source_dir(task: TaskSpec, data: DataParams) -> Path:
+    """Where the task's split files are: the GLUE copy (fetched if need be), or its `dir`."""
+    if not task.builtin:
+        return Path(task.source_dir)
     if uses_download(data):
-        task_dir = download_task(task, data.download_url, resolve_glue_dir(data))
-    else:
-        task_dir = resolve_glue_dir(data) / task.glue_dir
+        return download_task(task, data.download_url, resolve_glue_dir(data))
+    return resolve_glue_dir(data) / task.source_dir
+
+
+def main(task_name: str, params_path: Path) -> None:
+    data = load_params(params_path).data
+    task = declared_task(task_name)
+    task_dir = source_dir(task, data)
     out_dir = paths.prepared_dir(task.name)
     with stage_run(log, f"prepare@{task.name}", source=task_dir) as summary:
         prepared = []
         for split in task.splits:  # parse everything first: nothing is written on a bad input
-            tsv = task_dir / split.file
-            if not split.required and not tsv.exists():
+            path = task_dir / split.file
+            if not split.required and not path.exists():
                 if split.labelled:
-                    log.info("%s: not found; %s is optional and is reported as not available", tsv, split.name)
+                    log.info("%s: not found; %s is optional and is reported as not available", path, split.name)
                 continue
-            text = read_utf8(tsv, "GLUE file", f"expected the GLUE {task.glue_dir} layout")
+            rows = read_source(path, task, split)
+            if split.name == "train" and task.infers_labels:
+                task = task.with_labels(infer_labels(rows, task, str(path)))
+                log.info("%s: classes inferred from train, in class-id order: %s", task.name, task.label_names)
             limit = data.max_train_rows if split.name == "train" else data.max_eval_rows
-            result = prepare_split(
-                text, task, split, str(tsv), limit, data.max_bad_fraction, data.max_text_chars
-            )
+            result = prepare_split(rows, task, split, str(path), limit, data.max_bad_fraction, data.max_text_chars)
+            if split.name == "train":
+                check_classes_in_train(task, result, str(path))
             if result.bad_lines:
                 log.warning(
                     "%s: skipped %d malformed row(s): %s",
-                    tsv, len(result.bad_lines), _describe(result.bad_lines),
+                    path, len(result.bad_lines), _describe(result.bad_lines),
                 )
-            prepared.append((tsv, result))
+            prepared.append((path, result))
         with atomic_path(out_dir) as tmp_dir:
             tmp_dir.mkdir()
-            for tsv, result in prepared:
+            for path, result in prepared:
                 metadata = {
                     "task": task.name,
                     "split": result.split.name,
-                    "source_file": f"{task.glue_dir}/{result.split.file}",
-                    "source_sha256": file_sha256(tsv),
+                    "source_file": f"{task.source_dir}/{result.split.file}",
+                    "source_sha256": file_sha256(path),
                     "source_rows": result.total_rows,
                     "skipped_rows": len(result.bad_lines),
                     "label_names": list(task.label_names),

@@ -1,17 +1,20 @@
 """`report` stage: `reports/results.md` and its figures, from the metrics files alone.
 
 Every number of ours is read from `metrics/evaluate/<task>.json` and `metrics/evaluate/<task>_speed.json`
-(written by `evaluate`, which also copies each model's per-epoch dev scores there); the only
-numbers typed in here are the published ones below, constants of the literature, each with
-its source in METHOD.md. Ours are GLUE **dev** scores; the
-paper's Table 1 is GLUE **test** (the test labels are hidden), so the peers' dev numbers
-are the closer comparison (METHOD.md §1.1, §2.4).
+(written by `evaluate`, which also copies each model's per-epoch dev scores there). What the
+report says about each task's data (official split sizes, known copies, where it comes from)
+and the published scores printed beside ours come from the task's declaration
+(pipeline/tasks.py, or `datasets` in params.yaml), so the report describes whatever tasks it
+is given. The only constants of the literature left here are the paper's training settings
+and its Table 2, shown only when the report has a task they are about. Ours are dev
+scores; the paper's Table 1 is GLUE **test** (the test labels are hidden), so the peers'
+dev numbers are the closer comparison (METHOD.md §1.1, §2.4).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from pipeline.io import atomic_path, read_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import primary_metric
 from pipeline.params import load_params
-from pipeline.tasks import TaskSpec, get_task
+from pipeline.tasks import TaskSpec
 
 log = get_logger("report")
 
@@ -40,83 +43,13 @@ EXPORTS = {
 }
 FIGURES = "figures"
 PLOTS = "plots"  # per-task CSVs for `dvc plots show` (top-level `plots:` in dvc.yaml)
-METRIC_ABBREVIATIONS = {"accuracy": "acc", "f1": "F1"}
+METRIC_ABBREVIATIONS = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "matthews": "MCC"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "macro_f1": "macro-F1", "matthews": "MCC"}
 
 # --------------------------------------------------------------------------- the literature
 
-
-@dataclass(frozen=True)
-class Published:
-    """One row of published scores, as printed (percent), keyed by task and metric key."""
-
-    model: str
-    source: str
-    evaluated_on: str  # "GLUE test" or "GLUE dev"
-    scores: dict[str, dict[str, str]]
-
-
-# The paper's Table 1, rows confirmed by two or more sources (METHOD.md §2.1, tag [P✓]).
-PAPER_TABLE1 = (
-    Published(
-        "BERT-large (Devlin et al.)",
-        "Tang et al. 2019, Table 1 (METHOD.md §2.1)",
-        "GLUE test",
-        {
-            "sst2": {"eval_accuracy": "94.9"},
-            "qqp": {"eval_accuracy": "89.3", "eval_f1": "72.1"},
-            "mnli": {"eval_accuracy": "86.7", "eval_accuracy_mm": "85.9"},
-        },
-    ),
-    Published(
-        "BiLSTM_SOFT, distilled (paper)",
-        "Tang et al. 2019, Table 1 (METHOD.md §2.1)",
-        "GLUE test",
-        {
-            "sst2": {"eval_accuracy": "90.7"},
-            "qqp": {"eval_accuracy": "88.1", "eval_f1": "68.2"},
-            "mnli": {"eval_accuracy": "73.0", "eval_accuracy_mm": "72.6"},
-        },
-    ),
-    Published(
-        "BiLSTM, no distillation (paper)",
-        "Tang et al. 2019, Table 1 (METHOD.md §2.1)",
-        "GLUE test",
-        {
-            "sst2": {"eval_accuracy": "86.7"},
-            "qqp": {"eval_accuracy": "86.2", "eval_f1": "63.7"},
-            "mnli": {"eval_accuracy": "68.7", "eval_accuracy_mm": "68.3"},
-        },
-    ),
-)
-
-# Public re-implementations that report GLUE dev scores (METHOD.md §2.4).
-_PADDLE = "PaddlePaddle/PaddleNLP examples/model_compression/distill_lstm (METHOD.md §2.4)"
-_DSINDEX = "dsindex/distil-bilstm README (METHOD.md §2.4)"
-PEERS = (
-    Published(
-        "PaddleNLP: bert-base-uncased teacher",
-        _PADDLE,
-        "GLUE dev",
-        {"sst2": {"eval_accuracy": "93.00"}, "qqp": {"eval_accuracy": "90.58", "eval_f1": "87.35"}},
-    ),
-    Published(
-        "PaddleNLP: BiLSTM distilled",
-        _PADDLE,
-        "GLUE dev",
-        {"sst2": {"eval_accuracy": "88.76"}, "qqp": {"eval_accuracy": "87.52", "eval_f1": "83.13"}},
-    ),
-    Published(
-        "PaddleNLP: BiLSTM, no distillation",
-        _PADDLE,
-        "GLUE dev",
-        {"sst2": {"eval_accuracy": "85.44"}, "qqp": {"eval_accuracy": "85.66", "eval_f1": "79.97"}},
-    ),
-    Published(
-        "dsindex: bert-large-uncased teacher", _DSINDEX, "GLUE dev", {"sst2": {"eval_accuracy": "93.00"}}
-    ),
-    Published("dsindex: BiLSTM distilled", _DSINDEX, "GLUE dev", {"sst2": {"eval_accuracy": "88.63"}}),
-    Published("dsindex: BiLSTM, no distillation", _DSINDEX, "GLUE dev", {"sst2": {"eval_accuracy": "82.32"}}),
-)
+PAPER = "Tang et al."  # how the paper's published rows name their source (pipeline/tasks.py)
+PAPER_TABLE2_TASK = "sst2"  # the task the paper timed in its Table 2
 
 # The paper's Table 2: SST-2 models over 67,350 training sentences at batch 512 on one
 # V100 (METHOD.md §2.2, §4.1): model, parameters (millions; the BiLSTM's exclude its
@@ -127,28 +60,31 @@ PAPER_TABLE2 = (
     ("BiLSTM_SOFT", "0.96", "2.44", "1×", "1×"),
 )
 
-# Known copies of a task's training file, by sha256 (../shared/glue/SOURCES.md), and what the
-# report says about them; another copy (a sample, the official download) gets no note.
-SOURCE_NOTES = {
-    "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1": "the official GLUE SST-2 files.",
-    "b8a0265f35f88bc4603c8f9c8732308a4f9c087cf8278ae17e9317c734eb3b69": (
-        "a real 23,497-pair excerpt of the official QQP *training* split (20,000 train / 3,497 dev): "
-        "its dev scores are not comparable with published QQP dev numbers."
-    ),
-    "e524f07ab4eac83817d2a03a9a845e868419f8c994b08355da6b30433381ce75": (
-        "the complete official dev_matched set and 75,571 real MultiNLI training pairs (a fifth of "
-        "GLUE's train, label-balanced), without dev_mismatched: trained on a fifth of the data with "
-        "balanced labels, so not comparable with published MNLI-m numbers."
-    ),
-}
+# How the paper trained (METHOD.md §1.9, §0.8; constants of the literature like Table 2).
+PAPER_SETTINGS = (
+    "The paper: a BERT-large teacher (fine-tuning lr 2e-5 for SST-2 and QQP, 5e-5 for MNLI, 3 "
+    "epochs); transfer sets from n_iter 20 (SST-2) and 10 (QQP, MNLI) on the full training sets; "
+    "students trained with AdaDelta at batch 50 (SST-2) and 256 (pairs), epochs not stated "
+    "(METHOD.md §1.9). The README says why ours differ where they do."
+)
 
-# Official GLUE split sizes (METHOD.md §1.1): a run below them is not comparable with
-# published numbers.
-GLUE_ROWS = {
-    "sst2": {"train": 67_349, "dev": 872},
-    "qqp": {"train": 363_846, "dev": 40_430},
-    "mnli": {"train": 392_702, "dev_matched": 9_815, "dev_mismatched": 9_832},
-}
+# A published row of the accuracy table: (model, source, evaluated on).
+PublishedRow = tuple[str, str, str]
+
+
+def published_rows(tasks: Sequence[TaskSpec]) -> dict[PublishedRow, dict[str, Mapping[str, str]]]:
+    """The published rows for these tasks: row -> task name -> scores, in first-seen order.
+
+    Each task declares its own published scores; one published model spans several tasks
+    (the paper's BiLSTM_SOFT on SST-2, QQP and MNLI), so rows are merged on (model, source,
+    evaluated on) to print it once, across the tasks' columns.
+    """
+    rows: dict[PublishedRow, dict[str, Mapping[str, str]]] = {}
+    for task in tasks:
+        for p in task.published:
+            rows.setdefault((p.model, p.source, p.evaluated_on), {})[task.name] = p.scores
+    return rows
+
 
 # --------------------------------------------------------------------------- inputs
 
@@ -232,7 +168,7 @@ def column_label(task: TaskSpec, key: str) -> str:
         for metric in task.metrics:
             if key == f"eval_{metric}{split.metric_suffix}":
                 which = split.metric_suffix.replace("_", "-") or ("-m" if len(task.eval_splits) > 1 else "")
-                return f"{task.glue_dir}{which} {METRIC_ABBREVIATIONS.get(metric, metric)}"
+                return f"{task.title}{which} {METRIC_ABBREVIATIONS.get(metric, metric)}"
     raise KeyError(f"{key} is not a metric of task {task.name}")
 
 
@@ -245,9 +181,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
+def cites_paper(results: Sequence[TaskResults]) -> bool:
+    """Whether the report prints the paper's rows, and so should also say how the paper trained."""
+    return any(p.source.startswith(PAPER) for r in results for p in r.task.published)
+
+
+def all_glue(results: Sequence[TaskResults]) -> bool:
+    """Whether every task is a built-in GLUE one (whose dev split is GLUE's)."""
+    return all(r.task.builtin for r in results)
+
+
 def data_note(task: TaskSpec, data: dict[str, Any], unavailable: dict[str, str]) -> str:
-    """Rows used per split against GLUE's official sizes, and whether the run is reduced."""
-    official = GLUE_ROWS.get(task.name, {})
+    """Rows used per split, against the official sizes where the task declares them, whether
+    the run is reduced, and where the data comes from (the task's description, and the note
+    on a known copy of its training file).
+
+    A reduced run is flagged because its scores cannot be set beside published ones; a task
+    with neither official sizes nor published scores (your own data) has nothing to be
+    compared with, so it gets the rows alone.
+    """
+    official = task.official_rows
     parts, reduced = [], False
     for spec in (task.train_split, *task.eval_splits):
         if spec.name in unavailable:
@@ -259,9 +212,7 @@ def data_note(task: TaskSpec, data: dict[str, Any], unavailable: dict[str, str])
         text = f"{spec.name} {rows:,} rows"
         if skipped:
             text += f" ({skipped:,} malformed source row{'s' if skipped > 1 else ''} skipped)"
-        if spec.name not in official:
-            text += "; official size not recorded in report.py"
-        elif source < official[spec.name]:
+        if spec.name in official and source < official[spec.name]:
             text += (
                 f"; the source file holds {source:,} of GLUE's {official[spec.name]:,} rows: **reduced data**"
             )
@@ -271,16 +222,27 @@ def data_note(task: TaskSpec, data: dict[str, Any], unavailable: dict[str, str])
             reduced = True
         parts.append(text)
     if reduced:
-        verdict = " Scores are **not comparable** with published numbers for this task."
+        comparable_with = official or task.published
+        verdict = " Scores are **not comparable** with published numbers for this task." if comparable_with else ""
     else:
         verdict = " Full official splits." if official else ""
-    known = SOURCE_NOTES.get(data.get(f"{task.train_split.name}_source_sha256", ""))
-    source_note = f" Source: {known}" if known else ""
-    return f"- **{task.glue_dir}**: " + "; ".join(parts) + "." + verdict + source_note
+    known = task.source_notes.get(data.get(f"{task.train_split.name}_source_sha256", ""), "")
+    sources = "; ".join(s for s in (task.description, known) if s)
+    source_note = f" Source: {sources}" if sources else ""
+    return f"- **{task.title}**: " + "; ".join(parts) + "." + verdict + source_note
+
+
+def scores_in_percent(results: Sequence[TaskResults]) -> str:
+    """"Accuracy and F1 in percent.": the metrics the table holds, named once each."""
+    names = list(dict.fromkeys(METRIC_NAMES[m] for r in results for m in r.task.metrics))
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"{listed[0].upper()}{listed[1:]} in percent."
 
 
 def accuracy_section(results: Sequence[TaskResults]) -> list[str]:
+    """Our dev scores beside the published rows the report's tasks declare."""
     header = ["Model", "Evaluated on"] + [column_label(r.task, k) for r in results for k in r.metric_keys]
+    dev = "GLUE **dev**" if all_glue(results) else "**dev**"
 
     def ours(name: str) -> list[str]:
         scores = [
@@ -288,38 +250,47 @@ def accuracy_section(results: Sequence[TaskResults]) -> list[str]:
             for r in results
             for k in r.metric_keys
         ]
-        return [OURS[name], "GLUE dev (ours)", *scores]
+        return [OURS[name], "GLUE dev (ours)" if all_glue(results) else "dev (ours)", *scores]
 
-    def published(row: Published) -> list[str]:
-        cells = [row.scores.get(r.task.name, {}).get(k, "—") for r in results for k in r.metric_keys]
-        return [row.model, row.evaluated_on] + cells
+    def published(row: PublishedRow, scores: dict[str, Mapping[str, str]]) -> list[str]:
+        model, _, evaluated_on = row
+        cells = [scores.get(r.task.name, {}).get(k, "—") for r in results for k in r.metric_keys]
+        return [model, evaluated_on, *cells]
 
     gain = ["Distilled − baseline (ours)", "points"] + [
         "—" if k in r.unavailable else f"{100 * (r.metrics[DISTILLED][k] - r.metrics[BASELINE][k]):+.2f}"
         for r in results
         for k in r.metric_keys
     ]
-    why_missing = [
+    notes = [
         f"{column_label(r.task, k)} not available: {reason}."
         for r in results
         for k, reason in r.unavailable.items()
     ]
+    literature = published_rows([r.task for r in results])
     rows = [ours(TEACHER), ours(DISTILLED), ours(BASELINE), gain]
-    rows += [published(p) for p in PAPER_TABLE1 if any(r.task.name in p.scores for r in results)]
-    rows += [published(p) for p in PEERS if any(r.task.name in p.scores for r in results)]
-    sources = sorted({p.source for p in (*PAPER_TABLE1, *PEERS)})
+    rows += [published(row, scores) for row, scores in literature.items()]
+    if literature:
+        notes.append("Published numbers: " + "; ".join(sorted({source for _, source, _ in literature})) + ".")
+    if cites_paper(results):
+        intro = [
+            f"{scores_in_percent(results)} Ours are on the {dev} sets; the paper's Table 1 is the GLUE",
+            "**test** server, whose labels are hidden, so the re-implementations' dev scores are the closer",
+            "comparison. Teachers differ: ours is the `teacher.model` checkpoint fine-tuned here (size below),",
+            "the paper's is BERT-large.",
+        ]
+    else:
+        intro = [
+            f"{scores_in_percent(results)} Ours are on the {dev} splits; our teacher is the `teacher.model`",
+            "checkpoint fine-tuned here (size below).",
+        ]
     return [
         "## 1. Accuracy (paper Table 1 shape)",
         "",
-        "Accuracy and F1 in percent. Ours are on the GLUE **dev** sets; the paper's Table 1 is the GLUE",
-        "**test** server, whose labels are hidden, so the re-implementations' dev scores are the closer",
-        "comparison. Teachers differ: ours is the `teacher.model` checkpoint fine-tuned here (size below),",
-        "the paper's is BERT-large.",
+        *intro,
         "",
         *_table(header, rows),
-        "",
-        *[line for note in why_missing for line in (note, "")],
-        "Published numbers: " + "; ".join(sources) + ".",
+        *[line for note in notes for line in ("", note)],
     ]
 
 
@@ -333,7 +304,7 @@ def selection_section(results: Sequence[TaskResults]) -> list[str]:
             best, last = epochs[r.metrics[name]["best_epoch"] - 1], epochs[-1]
             rows.append(
                 [
-                    r.task.glue_dir,
+                    r.task.title,
                     OURS[name],
                     column_label(r.task, key),
                     f"{best['epoch']} of {last['epoch']}",
@@ -354,17 +325,9 @@ def selection_section(results: Sequence[TaskResults]) -> list[str]:
     ]
 
 
-# How the paper trained (METHOD.md §1.9, §0.8; constants of the literature like the tables above).
-PAPER_SETTINGS = (
-    "The paper: a BERT-large teacher (fine-tuning lr 2e-5 for SST-2 and QQP, 5e-5 for MNLI, 3 "
-    "epochs); transfer sets from n_iter 20 (SST-2) and 10 (QQP, MNLI) on the full training sets; "
-    "students trained with AdaDelta at batch 50 (SST-2) and 256 (pairs), epochs not stated "
-    "(METHOD.md §1.9). The README says why ours differ where they do."
-)
-
-
 def settings_section(results: Sequence[TaskResults]) -> list[str]:
-    """How each model was trained, from its own training record, beside the paper's settings."""
+    """How each model was trained, from its own training record, beside the paper's settings
+    when the report prints the paper's scores."""
     rows = []
     for r in results:
         for name in (TEACHER, DISTILLED, BASELINE):
@@ -377,7 +340,7 @@ def settings_section(results: Sequence[TaskResults]) -> list[str]:
             else:
                 what = f"AdaDelta, batch {s['batch_size']}, {s['epochs']} epochs, H {s['hidden_size']}"
                 what += f", alpha {s['alpha']:g}" if "alpha" in s else ", CE on gold labels"
-            rows.append([r.task.glue_dir, OURS[name], f"{s['train_rows']:,}", what])
+            rows.append([r.task.title, OURS[name], f"{s['train_rows']:,}", what])
     header = ["Task", "Model", "Training rows", "Settings"]
     return [
         "### Training settings",
@@ -386,8 +349,7 @@ def settings_section(results: Sequence[TaskResults]) -> list[str]:
         "transfer set: the originals and their augmented copies).",
         "",
         *_table(header, rows),
-        "",
-        PAPER_SETTINGS,
+        *(["", PAPER_SETTINGS] if cites_paper(results) else []),
     ]
 
 
@@ -404,7 +366,7 @@ def size_section(results: Sequence[TaskResults]) -> list[str]:
             m = r.metrics[name]
             rows.append(
                 [
-                    r.task.glue_dir,
+                    r.task.title,
                     OURS[name] + (f": {_teacher_name(r.metrics)}" if name == TEACHER else ""),
                     millions(m["params_total"]),
                     millions(m["params_no_embeddings"]),
@@ -434,6 +396,7 @@ def size_section(results: Sequence[TaskResults]) -> list[str]:
 
 
 def speed_section(results: Sequence[TaskResults]) -> list[str]:
+    """Our timings per device; the paper's Table 2 beside them when its task (SST-2) is here."""
     lines: list[str] = []
     devices = [d for d in ("cpu", "cuda") if any(d in r.speed for r in results)]
     for device in devices:
@@ -448,7 +411,7 @@ def speed_section(results: Sequence[TaskResults]) -> list[str]:
                 t = timings[name]
                 rows.append(
                     [
-                        r.task.glue_dir,
+                        r.task.title,
                         {**OURS, **EXPORTS}[name],
                         f"{rows_timed:,}",
                         f"{t['throughput_model_s']:.2f}",
@@ -475,17 +438,20 @@ def speed_section(results: Sequence[TaskResults]) -> list[str]:
             "Batch-1 incl. tokenisation (ms)",
         ]
         lines += ["", f"### Inference speed on {device.upper()}", "", *_table(header, rows)]
-    table2 = _table(
-        ["Model", "Params (M)", "Inference time (s)", "Params ratio", "Time ratio"],
-        [list(row) for row in PAPER_TABLE2],
-    )
-    return lines + [
+    lines += [
         "",
         "Speed-up = teacher time ÷ model time on the same device and rows. Ratios, not seconds, compare",
+    ]
+    if not any(r.task.name == PAPER_TABLE2_TASK for r in results):
+        return lines + ["across hardware."]
+    return lines + [
         "across hardware. The paper's Table 2 (SST-2, 67,350 sentences, batch 512, one V100; METHOD.md",
         "§2.2, what its clock covered is not stated):",
         "",
-        *table2,
+        *_table(
+            ["Model", "Params (M)", "Inference time (s)", "Params ratio", "Time ratio"],
+            [list(row) for row in PAPER_TABLE2],
+        ),
     ]
 
 
@@ -503,7 +469,7 @@ def export_section(results: Sequence[TaskResults]) -> list[str]:
             torch_rows_per_s = r.speed["cpu"][student]["throughput_model_rows_per_s"]
             rows.append(
                 [
-                    r.task.glue_dir,
+                    r.task.title,
                     label,
                     pct(m[key]),
                     f"{100 * (m[key] - r.metrics[student][key]):+.2f}",
@@ -548,7 +514,7 @@ def setup_section(results: Sequence[TaskResults]) -> list[str]:
         hardware = env["cpu_model"] + (f"; GPU {env['gpu_model']}" if "gpu_model" in env else "")
         rows.append(
             [
-                r.task.glue_dir,
+                r.task.title,
                 hardware,
                 str(env["cpu_threads"]),
                 env["dtype"],
@@ -582,18 +548,30 @@ def figures_section(results: Sequence[TaskResults]) -> list[str]:
     ]
 
 
+def data_intro(results: Sequence[TaskResults]) -> list[str]:
+    """Where the data was read from, for the kinds of task the report has."""
+    lines = []
+    if any(r.task.builtin for r in results):
+        lines += [
+            "GLUE in the classic `glue_data/` layout (`data.glue_dir` or `$GLUE_DIR`). In the development",
+            "workspace that is `../shared/glue`, whose `SOURCES.md` documents every file.",
+            "",
+        ]
+    if not all_glue(results):
+        lines += ["Declared tasks are read from the files named under `datasets` in `params.yaml`.", ""]
+    return lines
+
+
 def render_markdown(results: Sequence[TaskResults]) -> str:
     """The whole report as Markdown: pure, so tests check it without touching disk."""
     lines = [
-        "# Results: BERT → BiLSTM distillation (Tang et al. 2019)",
+        "# Results: BERT → BiLSTM distillation" + (" (Tang et al. 2019)" if cites_paper(results) else ""),
         "",
         "Generated by `dvc repro report` from `metrics/evaluate/`; do not edit by hand.",
         "",
         "## Data",
         "",
-        "GLUE in the classic `glue_data/` layout (`data.glue_dir` or `$GLUE_DIR`). In the development",
-        "workspace that is `../shared/glue`, whose `SOURCES.md` documents every file.",
-        "",
+        *data_intro(results),
         *[data_note(r.task, r.metrics["data"], r.metrics.get("unavailable", {})) for r in results],
         "",
         *accuracy_section(results),
@@ -656,7 +634,7 @@ def draw_figures(results: Sequence[TaskResults], out_dir: Path) -> list[Path]:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.margins(x=0.15, y=0.15)
-            ax.set(title=r.task.glue_dir, xlabel=xlabel, ylabel=f"{column_label(r.task, key)}, dev (%)")
+            ax.set(title=r.task.title, xlabel=xlabel, ylabel=f"{column_label(r.task, key)}, dev (%)")
             ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / filename))
 
@@ -670,8 +648,8 @@ def draw_figures(results: Sequence[TaskResults], out_dir: Path) -> list[Path]:
             dev_ax.plot(epochs, [100 * row[key] for row in rows], **style)
         dev_ax.axhline(100 * r.metrics[TEACHER][key], color=colors[TEACHER], linestyle="--", label="teacher")
         # Each variant logs its own objective (distillation loss vs cross-entropy): compare shapes only.
-        loss_ax.set(title=f"{r.task.glue_dir}: training loss (own objective)", xlabel="epoch", ylabel="loss")
-        dev_ax.set(title=f"{r.task.glue_dir}: dev", xlabel="epoch", ylabel=f"{column_label(r.task, key)} (%)")
+        loss_ax.set(title=f"{r.task.title}: training loss (own objective)", xlabel="epoch", ylabel="loss")
+        dev_ax.set(title=f"{r.task.title}: dev", xlabel="epoch", ylabel=f"{column_label(r.task, key)} (%)")
         for ax in (loss_ax, dev_ax):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
@@ -720,7 +698,8 @@ def write_plot_data(results: Sequence[TaskResults], out_dir: Path) -> list[Path]
 
 
 def main(params_path: Path) -> None:
-    tasks = [get_task(name) for name in load_params(params_path).tasks]
+    params = load_params(params_path)
+    tasks = [params.task(name) for name in params.tasks]  # built-in or declared under `datasets`
     with stage_run(log, "report", tasks=",".join(t.name for t in tasks)) as summary:
         results = [load_results(task) for task in tasks]
         with atomic_path(paths.REPORTS) as out:

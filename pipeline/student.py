@@ -42,6 +42,7 @@ from pipeline.io import (
     atomic_path,
     file_sha256,
     logits_schema,
+    load_task,
     read_table,
     write_json,
 )
@@ -60,8 +61,8 @@ from pipeline.models.batching import batch_inputs, length_batches, sort_key
 from pipeline.models.bilstm import count_parameters
 from pipeline.models.embeddings import load_backoff, load_vectors, vectors_dim
 from pipeline.models.vocab import Vocab
-from pipeline.params import StudentParams, load_params
-from pipeline.tasks import TaskSpec, get_task
+from pipeline.params import StudentParams, load_settings
+from pipeline.tasks import TaskSpec
 from pipeline.text import normalize
 
 log = get_logger("student")
@@ -315,11 +316,11 @@ def write_curve(curve: list[dict[str, float]], path: Path) -> None:
 
 
 def main(task_name: str, variant: str, params_path: Path) -> None:
-    task = get_task(task_name)
     if variant not in paths.STUDENT_VARIANTS:
         known = ", ".join(paths.STUDENT_VARIANTS)
         raise PipelineError(f"unknown student variant {variant!r}: use one of {known}")
-    params = load_params(params_path).student.for_task(task.name)
+    task = load_task(task_name)
+    params = load_settings(StudentParams, task.name)
     vectors_dim(params.vectors, params.random_dim)  # a bad vectors file fails before any work
     corpus_path = paths.augmented(task.name)
     corpus = read_table(corpus_path, AUGMENTED_SCHEMA)

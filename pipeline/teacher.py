@@ -49,11 +49,11 @@ from pipeline import paths
 from pipeline.bert import PACKAGED_TEACHER, checkpoint_identity, require_weights, resolve_checkpoint
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.errors import PipelineError
-from pipeline.io import SPLIT_SCHEMA, atomic_path, read_table, write_json
+from pipeline.io import SPLIT_SCHEMA, atomic_path, load_task, read_table, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import compute_metrics, primary_metric
-from pipeline.params import TeacherParams, load_params
-from pipeline.tasks import SplitSpec, TaskSpec, get_task
+from pipeline.params import TeacherParams, load_settings
+from pipeline.tasks import SplitSpec, TaskSpec
 from pipeline.text import normalize
 
 if TYPE_CHECKING:
@@ -513,8 +513,8 @@ def save_teacher(
 
 def main(task_name: str, params_path: Path) -> None:
     """`python -m pipeline teacher --task T` (also under `torchrun --nproc_per_node N`)."""
-    task = get_task(task_name)
-    params = load_params(params_path).teacher.for_task(task.name)
+    task = load_task(task_name)
+    params = load_settings(TeacherParams, task.name)
     checkpoint = check_checkpoint(params.model, task)
     train_table = read_table(paths.prepared_split(task.name, "train"), SPLIT_SCHEMA)
     eval_tables = [

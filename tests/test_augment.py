@@ -32,6 +32,7 @@ from pipeline.params import AugmentParams
 from pipeline.prepare import main as prepare_main
 from pipeline.tasks import get_task
 from pipeline.text import MASK_TOKEN, PosTagger, normalize, tagger_identity, word_tokenize
+from project import configured
 
 RULES = AugmentParams()  # the paper's p_mask = p_pos = 0.1, p_ng = 0.25, n in 1..5
 REAL_ROWS = 300
@@ -277,6 +278,7 @@ def prepared(tmp_path_factory, sample_glue_dir) -> Path:
         "tasks": ["sst2", "mnli"],
         "data": {"glue_dir": str(sample_glue_dir), "max_train_rows": REAL_ROWS, "max_eval_rows": 10},
     }))
+    configured(params)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         for task in ("sst2", "mnli"):
@@ -300,7 +302,7 @@ def write_params(directory: Path, **augment_values) -> Path:
     params = {"tasks": ["sst2", "mnli"], "augment": {"mnli": {"n_iter": 10}, **augment_values}}
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return path
+    return configured(path)
 
 
 def run(task: str, params: Path, workers: int) -> Path:

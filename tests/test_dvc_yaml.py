@@ -5,9 +5,11 @@ declare exactly what its module reads: an undeclared param is a stale result wai
 happen, an over-declared one reruns hours of teacher training for nothing. These tests read
 the stage modules' source (AST) and compare it with dvc.yaml:
 
-- params: the `Params` sections a module reads (`load_params(...).teacher`, `params.teacher`)
-  equal the sections its stage declares; per-task sections are declared key by key plus the
-  task's own subsection, so a change for one task reruns only that task's chain.
+- params: the `Params` sections a module reads (`load_params(...).data`, `params.data`)
+  equal the sections its stage declares. Per-task sections (teacher, augment, student) are
+  declared whole by `configure` alone; a stage reads its task's values from configure's file
+  (`load_settings(TeacherParams, task)`) and declares that file, so a change for one task
+  reruns only that task's chain.
 - paths: every path in dvc.yaml is a `pipeline/paths.py` path, every artifact path the module
   uses lies inside a declared dep or out, every declared dep or out is used, and every data
   dep is some stage's output.
@@ -35,46 +37,69 @@ import yaml
 
 from pipeline import paths
 from pipeline.cli import app
-from pipeline.params import Params, _PerTaskSection, parse_params
-from pipeline.tasks import TASKS, get_task
+from pipeline.params import DatasetParams, Params, _PerTaskSection, parse_params
+from pipeline.tasks import TASKS, TaskSpec, get_task
 
 from smoke_profile import SMOKE_ARGS, overrides, smoke_args, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS_YAML = yaml.safe_load((ROOT / "params.yaml").read_text())
-TOP_LEVEL_KEYS = ("tasks",)  # params.yaml keys outside any section that a stage may read
+TOP_LEVEL_KEYS = ("tasks", "datasets")  # params.yaml keys outside any section that a stage may read
+# `Params.task(name)` reads the declarations: a module calling it reads `datasets`.
+READ_THROUGH = {"task": "datasets"}
 PARAMS_LOADERS = {"load_params", "parse_params"}
+# The project declares no dataset of its own, so the `prepare_dataset` template is checked
+# against this one.
+EXAMPLE_DATASET = {"example": {"dir": "data/raw/example", "train": "train.csv", "dev": "dev.csv", "text": "text", "label": "label"}}
+DATASETS = PARAMS_YAML["datasets"] or EXAMPLE_DATASET
+# Every task a stage expands over, the example dataset included when it stands in.
+RUN_TASKS = PARAMS_YAML["tasks"] + [name for name in DATASETS if name not in PARAMS_YAML["tasks"]]
+RAW_DATA = "${item.dir}"  # a dataset's raw files: DVC-tracked data, no stage's output
+
+
+def task_spec(name: str) -> TaskSpec:
+    return get_task(name) if name in TASKS else DatasetParams.model_validate(DATASETS[name]).to_task(name)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One dvc.yaml stage with its template variable (`item` or `item.task`)."""
+    """One dvc.yaml stage with its template variable (`item`, `key` or `item.task`)."""
 
     name: str
     body: dict[str, Any]
     item_var: str | None  # how the stage's task is spelled in templates
     matrix: dict[str, Any] | None
+    over: str | None = None  # the params.yaml list (or mapping) a foreach stage expands over
+
+    @property
+    def command(self) -> str:
+        """The `python -m pipeline` command it runs (prepare_dataset runs prepare)."""
+        return shlex.split(self.body["cmd"])[3]
 
     @property
     def module(self) -> Path:
-        return ROOT / "pipeline" / f"{self.name}.py"
+        return ROOT / "pipeline" / f"{self.command}.py"
 
     def items(self) -> list[dict[str, str]]:
         """Template values of every expanded stage: [{"task": .., "variant": ..}, ...]."""
-        tasks = PARAMS_YAML["tasks"]
+        tasks = RUN_TASKS
         if self.matrix is not None:
             keys = list(self.matrix)
             values = [tasks if v == "${tasks}" else v for v in self.matrix.values()]
             return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-        if self.item_var is not None:
-            return [{"task": t} for t in tasks]
+        if self.over == "datasets":
+            return [{"task": name, "dir": spec["dir"]} for name, spec in DATASETS.items()]
+        if self.over is not None:
+            return [{"task": t} for t in (tasks if self.over == "tasks" else PARAMS_YAML[self.over])]
         return [{}]
 
     def render(self, text: str, item: dict[str, str]) -> str:
         if self.matrix is not None:
             for key, value in item.items():
                 text = text.replace(f"${{item.{key}}}", value)
+        elif self.over == "datasets":
+            text = text.replace("${key}", item["task"]).replace(RAW_DATA, item["dir"])
         elif self.item_var is not None:
             text = text.replace("${item}", item["task"])
         assert "${" not in text, f"{self.name}: unresolved template in {text!r}"
@@ -92,8 +117,9 @@ def load_stages() -> list[Stage]:
     stages = []
     for name, spec in DVC_YAML["stages"].items():
         if "foreach" in spec:
-            assert spec["foreach"] == "${tasks}", f"{name}: stages expand over the tasks list"
-            stages.append(Stage(name, spec["do"], "${item}", None))
+            over = spec["foreach"].removeprefix("${").removesuffix("}")
+            assert over in ("tasks", "glue", "datasets"), f"{name}: stages expand over tasks, glue or datasets"
+            stages.append(Stage(name, spec["do"], "${key}" if over == "datasets" else "${item}", None, over))
         elif "matrix" in spec:
             assert spec["matrix"].get("task") == "${tasks}", f"{name}: matrix needs task: ${{tasks}}"
             stages.append(Stage(name, spec, "${item.task}", spec["matrix"]))
@@ -157,7 +183,21 @@ def sections_read(source: str) -> set[str]:
         for node in ast.walk(func):
             if isinstance(node, ast.Name) and node.id in whole and isinstance(node.ctx, ast.Load):
                 use(node, f"params object {node.id!r}")
-    return read
+    return {READ_THROUGH.get(name, name) for name in read}
+
+
+def settings_loaded(source: str) -> set[str]:
+    """The per-task sections a module reads from configure's files: `load_settings(XParams, ..)`."""
+    sections = {
+        cls.__name__: name
+        for name in Params.model_fields
+        if isinstance(cls := Params.model_fields[name].annotation, type) and issubclass(cls, _PerTaskSection)
+    }
+    return {
+        sections[node.args[0].id]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "load_settings"
+    }
 
 
 def declared_sections(stage: Stage) -> set[str]:
@@ -199,7 +239,21 @@ def paths_used(source: str) -> set[PathUse]:
                 a: v.value for a, v in arguments if isinstance(v, ast.Constant) and isinstance(v.value, str)
             }
         uses.add(PathUse(name, tuple(sorted(literals.items()))))
+    for node in ast.walk(tree):  # pipeline.io / pipeline.params helpers that read artifacts
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            uses |= set(HELPER_PATHS.get(node.func.id, ()))
+            if node.func.id == "load_settings":
+                (section,) = settings_loaded(ast.unparse(node))
+                uses.add(PathUse("settings_file", (("name", section),)))
     return uses
+
+
+# What the helpers that stage modules call read (pipeline/io.py), as uses of pipeline.paths.
+_TASK_FILE = PathUse("settings_file", (("name", "task"),))
+HELPER_PATHS = {
+    "declared_task": (_TASK_FILE,),
+    "load_task": (_TASK_FILE, PathUse("prepared_split", (("split", "train"),))),
+}
 
 
 def path_values(use: PathUse, item: dict[str, str]) -> Iterator[Path]:
@@ -214,8 +268,9 @@ def path_values(use: PathUse, item: dict[str, str]) -> Iterator[Path]:
     if inspect.signature(member).return_annotation not in ("Path", Path):
         return  # a helper over paths (prepared_eval_splits), not a path itself
     variants = [item["variant"]] if "variant" in item else list(paths.STUDENT_VARIANTS)
-    for task in [item["task"]] if "task" in item else PARAMS_YAML["tasks"]:
-        choices = {"task": [task], "split": [s.name for s in get_task(task).splits], "variant": variants}
+    for task in [item["task"]] if "task" in item else RUN_TASKS:
+        choices = {"task": [task], "split": [s.name for s in task_spec(task).splits], "variant": variants}
+        choices["name"] = ["task", *Params.PER_TASK_SECTIONS]  # paths.settings_file
         choices |= {argument: [value] for argument, value in use.literals}
         arg_names = inspect.signature(member).parameters
         for combo in itertools.product(*(choices[a] for a in arg_names)):
@@ -245,16 +300,27 @@ def test_stage_declares_exactly_the_sections_its_module_reads(stage: Stage):
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
-def test_per_task_sections_are_declared_key_by_key(stage: Stage):
-    for section in declared_sections(stage):
-        model = Params.model_fields[section].annotation if section in Params.model_fields else None
-        entries = {e for e in stage.declared_params() if e.split(".")[0] == section}
-        if isinstance(model, type) and issubclass(model, _PerTaskSection):
-            expected = {f"{section}.{key}" for key in model.shared_keys()} | {f"{section}.{stage.item_var}"}
-            assert stage.item_var is not None, f"{stage.name}: per-task {section} in a stage without tasks"
-        else:
-            expected = {section}
-        assert entries == expected, f"{stage.name}: params for {section!r}"
+def test_per_task_sections_come_from_configure_files(stage: Stage):
+    """Only configure declares a per-task section (whole); a stage reading one reads its
+    task's file and declares it, so `dvc repro` never needs a `section.<task>` key."""
+    per_task = set(Params.PER_TASK_SECTIONS)
+    if stage.name == "configure":
+        assert declared_sections(stage) >= per_task
+        assert {e for e in stage.declared_params() if e.split(".")[0] in per_task} == per_task, "declared whole"
+        return
+    assert not declared_sections(stage) & per_task, f"{stage.name} declares a per-task section as params"
+    deps = set(stage.entries("deps"))
+    for section in settings_loaded(stage.module.read_text()):
+        assert f"data/params/{stage.item_var}/{section}.json" in deps, f"{stage.name}: {section}.json"
+
+
+def test_every_section_a_task_can_override_is_resolved_by_configure():
+    per_task = {
+        name
+        for name, info in Params.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, _PerTaskSection)
+    }
+    assert per_task == set(Params.PER_TASK_SECTIONS)
 
 
 def test_only_stage_modules_load_params():
@@ -274,6 +340,7 @@ def test_only_stage_modules_load_params():
         ("def main(p):\n    params = load_params(p)\n    return params.teacher.for_task('x'), params.tasks\n",
          {"teacher", "tasks"}),
         ("def run(params: Params):\n    return params.student.lr\n", {"student"}),
+        ("def main(p):\n    params = load_params(p)\n    return params.task('x')\n", {"datasets"}),
     ],
 )
 def test_sections_read_finds_accesses(source, expected):
@@ -299,7 +366,7 @@ def test_sections_read_refuses_a_params_object_used_whole(source):
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_paths_agree_with_pipeline_paths(stage: Stage):
     code = {d for d in stage.entries("deps") if d.startswith("pipeline")}
-    assert f"pipeline/{stage.name}.py" in code, f"{stage.name}: its module is not a dep"
+    assert f"pipeline/{stage.command}.py" in code, f"{stage.name}: its module is not a dep"
     source = stage.module.read_text()
     for item in stage.items():
         known = all_paths(item)
@@ -307,7 +374,7 @@ def test_paths_agree_with_pipeline_paths(stage: Stage):
             Path(stage.render(p, item))
             for field in ("deps", "outs", "metrics", "plots")
             for p in stage.entries(field)
-            if p not in code
+            if p not in code and p != RAW_DATA
         ]
         for path in declared:
             assert path in known, f"{stage.name} {item}: {path} is not a pipeline/paths.py path"
@@ -378,6 +445,8 @@ def test_every_data_dep_is_produced_by_a_stage():
     for stage in STAGES:
         for item in stage.items():
             for dep in stage.entries("deps"):
+                if dep == RAW_DATA:
+                    continue  # a dataset's raw files: tracked by `dvc add`, no stage makes them
                 if dep.startswith("pipeline"):
                     assert (ROOT / dep).exists(), f"{stage.name}: code dep {dep} does not exist"
                     continue
@@ -402,14 +471,15 @@ def test_stages_a_teammate_restores_keep_every_output_in_the_dvc_cache(stage: St
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_command_runs_the_stage_for_its_own_item(stage: Stage):
     args = shlex.split(stage.body["cmd"])
-    assert args[:4] == ["python", "-m", "pipeline", stage.name]
-    assert stage.name in {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert args[:3] == ["python", "-m", "pipeline"]
+    assert stage.command == stage.name or (stage.name, stage.command) == ("prepare_dataset", "prepare")
+    assert stage.command in {c.name or c.callback.__name__ for c in app.registered_commands}
     options = dict(zip(args[4::2], args[5::2]))
     assert len(args[4:]) == 2 * len(options), f"{stage.name}: expected --option value pairs"
     if stage.matrix is not None:
         assert options == {f"--{key}": f"${{item.{key}}}" for key in stage.matrix}
     elif stage.item_var is not None:
-        assert options == {"--task": "${item}"}
+        assert options == {"--task": stage.item_var}
     else:
         assert options == {}, "the default --params params.yaml is the file DVC tracks"
 

@@ -13,16 +13,11 @@ Stage names come from DVC's own log lines ("Running stage 'x'", "Stage 'x' is ca
 "Stage 'x' didn't change"). `prepare` is `always_changed` (its GLUE source may be
 `$GLUE_DIR`, which DVC cannot track), so it runs on every repro; the tests assert instead
 that its outputs come out byte-identical, which is what keeps everything downstream cached.
+Your own datasets' chains are tested the same way in tests/test_e2e_datasets.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dvc_project import DvcRun, Project, copy_checkout
 from pipeline import paths
 from smoke_profile import overrides, smoke_args, with_overrides
 from sshd import MISSING, SSHD, SshServer, ssh_server
@@ -42,108 +38,9 @@ SMOKE_ARGS = smoke_args()
 SMOKE_PARAMS = with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides(SMOKE_ARGS))
 TASKS: list[str] = SMOKE_PARAMS["tasks"]
 PREPARE = {f"prepare@{task}" for task in TASKS}
-OUTPUT_ROOTS = {str(p) for p in (paths.DATA, paths.MODELS, paths.METRICS, paths.REPORTS, paths.SCRATCH)}
-
-# A git identity and no user/system git config, so commits work anywhere and never sign.
-ENV = {
-    **os.environ,
-    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    "DVC_NO_ANALYTICS": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "e2e",
-    "GIT_AUTHOR_EMAIL": "e2e@example.com",
-    "GIT_COMMITTER_NAME": "e2e",
-    "GIT_COMMITTER_EMAIL": "e2e@example.com",
-}
-
-
-@dataclass(frozen=True)
-class DvcRun:
-    """A finished `dvc repro`/`dvc exp run`: which stages ran, were restored, were skipped."""
-
-    output: str
-    seconds: float
-
-    def _stages(self, pattern: str) -> set[str]:
-        return set(re.findall(pattern, self.output, flags=re.MULTILINE))
-
-    @property
-    def ran(self) -> set[str]:
-        return self._stages(r"^Running stage '([^']+)':")
-
-    @property
-    def restored(self) -> set[str]:
-        """Stages whose outputs came from the run-cache instead of running."""
-        return self._stages(r"^Stage '([^']+)' is cached - skipping run")
-
-    @property
-    def unchanged(self) -> set[str]:
-        return self._stages(r"^Stage '([^']+)' didn't change, skipping")
-
-
-@dataclass(frozen=True)
-class Project:
-    """A git + DVC working copy of the project in a temp dir."""
-
-    path: Path
-
-    def _run(self, *cmd: str) -> tuple[str, float]:
-        start = time.perf_counter()
-        done = subprocess.run(
-            cmd, cwd=self.path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        seconds = time.perf_counter() - start
-        if done.returncode != 0:
-            pytest.fail(f"`{' '.join(cmd)}` failed ({done.returncode}):\n{done.stdout[-6000:]}")
-        return done.stdout, seconds
-
-    def git(self, *args: str) -> str:
-        return self._run("git", *args)[0]
-
-    def dvc(self, *args: str) -> DvcRun:
-        return DvcRun(*self._run(sys.executable, "-m", "dvc", *args))
-
-    def lock(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "dvc.lock").read_text())["stages"]
-
-    def stage_names(self) -> set[str]:
-        return set(self.dvc("stage", "list", "--name-only").output.split())
-
-    def status(self) -> dict[str, Any]:
-        """`dvc status` for every stage but the always-changed prepare ones (empty: all cached)."""
-        status = yaml.safe_load(self.dvc("status", "--json").output.splitlines()[-1])
-        assert all(status.pop(p, ["always changed"]) == ["always changed"] for p in PREPARE)
-        return status
-
-    def clone(self, dest: Path, *, share_cache: bool = False) -> Project:
-        """A teammate's `git clone`; with `share_cache`, outputs checked out from this cache.
-
-        Sharing the cache (as teammates on one machine may) saves the push/pull for tests
-        that are about reruns, not transfer; the sharing tests use their own cache.
-        """
-        subprocess.run(["git", "clone", "-q", str(self.path), str(dest)], env=ENV, check=True)
-        clone = Project(dest)
-        if share_cache:
-            clone.dvc("cache", "dir", "--local", str(self.path / ".dvc" / "cache"))
-            clone.dvc("checkout")
-        return clone
-
-
-def copy_checkout(dest: Path) -> None:
-    """This checkout as git would commit it (tracked and new files), without stage outputs."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, env=ENV, check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if Path(name).parts[0] in OUTPUT_ROOTS or not source.is_file():
-            continue  # outputs of a local run, files deleted in the working tree
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, dest / name)
-
-
+# configure@T rewrites its task's settings files whenever a section they come from changes;
+# only a file whose content changed reruns anything after it.
+CONFIGURE = {f"configure@{task}" for task in TASKS}
 @dataclass(frozen=True)
 class Origin:
     """Alice's repo after the smoke run: committed, pushed with `--run-cache`."""
@@ -155,7 +52,7 @@ class Origin:
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Origin:
     root = tmp_path_factory.mktemp("dvc_e2e")
-    alice = Project(root / "alice")
+    alice = Project(root / "alice", always_changed=frozenset(PREPARE))
     copy_checkout(alice.path)
     alice.git("init", "-q")
     alice.dvc("remote", "add", "--default", "team", str(root / "remote"))
@@ -212,22 +109,22 @@ def bob_on_alices_cache(origin: Origin, tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("teacher.lr", 3e-5, for_tasks(["teacher@{task}"])),
-        ("teacher.sst2.lr", 3e-5, {"teacher@sst2"}),
-        ("augment.p_pos", 0.2, for_tasks(["augment@{task}"])),
-        ("augment.mnli.n_iter", 3, {"augment@mnli"}),
+        # Per-task sections reach their stages through configure's files: configure is what
+        # `dvc status` can see change (which task's file changes shows when it runs, below).
+        ("teacher.lr", 3e-5, CONFIGURE),
+        ("teacher.sst2.lr", 3e-5, CONFIGURE),
+        ("augment.mnli.n_iter", 3, CONFIGURE),
+        ("student.alpha", 0.5, CONFIGURE),
         ("label.batch_tokens", 4096, for_tasks(["label@{task}"])),
-        ("student.alpha", 0.5, for_tasks(STUDENTS)),
-        ("student.sst2.epochs", 3, for_tasks(STUDENTS, ["sst2"])),
         ("export.int8", False, for_tasks(EXPORTS)),
         ("evaluate.latency_repeats", 5, for_tasks(["evaluate@{task}"])),
+        ("data.max_text_chars", 5000, set()),  # read by prepare alone, which always runs
     ],
 )
 def test_a_param_change_marks_exactly_the_stages_that_read_it(
     bob_on_alices_cache: Project, key: str, value: object, expected: set[str]
 ):
-    """`dvc status` lists the stages whose own params changed: DVC's reading of the per-task
-    declarations (`teacher.${item}`) in dvc.yaml, checked without running anything."""
+    """`dvc status` lists the stages whose own params changed, checked without running anything."""
     bob = bob_on_alices_cache
     params_file = bob.path / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
@@ -250,22 +147,23 @@ CHAIN = ("label@{task}", *STUDENTS, *EXPORTS, "evaluate@{task}")  # what follows
     [
         # The baseline reruns too: a DVC matrix stage shares one deps list (see dvc.yaml).
         ("augment.p_pos=0.2", for_tasks(["augment@{task}", *CHAIN]) | {"report"}),
-        # `+`: Hydra's syntax for a key params.yaml does not have yet (`teacher.sst2: {}`).
-        # The baseline reruns but reads nothing of the teacher: its directory comes out
-        # byte-identical, so its export does not rerun.
+        # `+`: Hydra's syntax for a key params.yaml does not have yet (`teacher.sst2`): a task
+        # needs no subsection of its own. The baseline reruns but reads nothing of the
+        # teacher: its directory comes out byte-identical, so its export does not rerun.
         (
             "+teacher.sst2.lr=3e-5",
             for_tasks(["teacher@{task}", *CHAIN], ["sst2"]) - {"export@sst2-baseline"} | {"report"},
         ),
+        ("student.mnli.epochs=1", for_tasks([*STUDENTS, *EXPORTS, "evaluate@{task}"], ["mnli"]) | {"report"}),
     ],
-    ids=["augment.p_pos", "teacher.sst2.lr"],
+    ids=["augment.p_pos", "teacher.sst2.lr", "student.mnli.epochs"],
 )
 def test_a_param_change_reruns_exactly_its_stages_and_what_follows(
     origin: Origin, tmp_path: Path, override: str, expected: set[str]
 ):
     bob = origin.alice.clone(tmp_path / "bob", share_cache=True)
     run = bob.dvc("exp", "run", "-S", override)
-    assert (run.ran | run.restored) - PREPARE == expected
+    assert (run.ran | run.restored) - PREPARE - CONFIGURE == expected
     before, after = origin.alice.lock(), bob.lock()
     assert {p: after[p]["outs"] for p in PREPARE} == {p: before[p]["outs"] for p in PREPARE}
 
@@ -305,7 +203,7 @@ def test_student_param_change_on_a_fresh_clone_pulls_only_what_it_needs(origin: 
     unchanged upstream stages are neither pulled nor rerun, only the students' inputs are."""
     bob = origin.alice.clone(tmp_path / "bob")
     run = bob.dvc("exp", "run", "--pull", "--allow-missing", "-S", "student.alpha=0.5")
-    assert run.ran - PREPARE == for_tasks([*STUDENTS, *EXPORTS, "evaluate@{task}"]) | {"report"}
+    assert run.ran - PREPARE - CONFIGURE == for_tasks([*STUDENTS, *EXPORTS, "evaluate@{task}"]) | {"report"}
     assert not run.restored
     for task in TASKS:  # pulled for the students, not recomputed
         assert bob.lock()[f"label@{task}"] == origin.alice.lock()[f"label@{task}"]

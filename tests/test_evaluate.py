@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from pipeline.models.vocab import Vocab
 from pipeline.speed import measure_latency, measure_throughput
 from pipeline.tasks import get_task
 from pipeline.text import normalize
+from project import configured
 
 SST2, QQP, MNLI = get_task("sst2"), get_task("qqp"), get_task("mnli")
 
@@ -60,6 +63,35 @@ def test_mnli_mismatched_keys_carry_the_suffix():
     mismatched = compute_metrics(MNLI, MNLI.split("dev_mismatched"), np.array([2, 2]), np.array([2, 0]))
     assert matched == {"eval_accuracy": pytest.approx(2 / 3)}
     assert mismatched == {"eval_accuracy_mm": 0.5}
+
+
+def test_cola_matthews_by_hand():
+    # tp 2, fp 1, tn 1, fn 1: (2*1 - 1*1) / sqrt(3 * 3 * 2 * 2) = 1/6
+    cola = get_task("cola")
+    metrics = compute_metrics(cola, cola.split("dev"), np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
+    assert metrics == {"eval_matthews": pytest.approx(1 / 6)}
+
+
+def test_multi_class_matthews_and_macro_f1():
+    # Values scikit-learn gives for the same arrays (matthews_corrcoef; f1_score, average="macro").
+    labels, predictions = np.array([0, 1, 2, 0, 1, 2, 2, 1]), np.array([0, 2, 1, 0, 0, 2, 2, 1])
+    task = dataclasses.replace(MNLI, metrics=("matthews", "macro_f1"))
+    metrics = compute_metrics(task, task.split("dev_matched"), predictions, labels)
+    assert metrics == {"eval_matthews": pytest.approx(0.4523809523809524), "eval_macro_f1": pytest.approx(0.6222222222222222)}
+
+
+def test_macro_f1_counts_a_class_never_predicted_as_zero():
+    # F1 per class: 2/3, 1/2, 0 (class 2 is never predicted): the mean is 7/18.
+    task = dataclasses.replace(MNLI, metrics=("macro_f1",))
+    metrics = compute_metrics(task, task.split("dev_matched"), np.array([0, 1, 1, 1]), np.array([0, 0, 1, 2]))
+    assert metrics == {"eval_macro_f1": pytest.approx(7 / 18)}
+
+
+def test_f1_scores_the_named_positive_class():
+    # A declared pair task whose positive class is class 0: F1 of "same", not of class 1.
+    task = dataclasses.replace(QQP, label_names=("same", "different"), positive_label="same")
+    metrics = compute_metrics(task, task.split("dev"), np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]))
+    assert metrics["eval_f1"] == pytest.approx(2 / 3)  # tp 1, fp 1, fn 0
 
 
 class FixedClassifier:
@@ -277,13 +309,14 @@ def _write_project(root: Path, task, splits: dict[str, tuple], teacher_dir: Path
     for variant in paths.STUDENT_VARIANTS:
         _write_student(root, task, variant, texts)
         student = load_student(root / paths.student_dir(task.name, variant))
-        export_student(student, root / paths.export_dir(task.name, variant), variant, ExportParams(), {})
+        export_student(student, task, root / paths.export_dir(task.name, variant), variant, ExportParams(), {})
     _write_histories(root, task)
     (root / "params.yaml").write_text(
         f"tasks: [{task.name}]\n"
         "evaluate:\n  throughput_batch_size: 2\n  throughput_rows: 3\n  latency_repeats: 2\n"
         "  warmup_batches: 1\n  threads: 1\n"
     )
+    configured(root / "params.yaml")
 
 
 @pytest.fixture

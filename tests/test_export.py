@@ -23,6 +23,7 @@ from pipeline.models.vocab import Vocab, tokenize
 from pipeline.params import ExportParams
 from pipeline.tasks import get_task
 from pipeline.text import normalize
+from project import configured
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def glue_texts(glue_dir: Path, task_name: str) -> list[str]:
     task = get_task(task_name)
     texts: list[str] = []
     for spec in (task.split("train"), task.split("dev")):
-        parsed = parse_glue_tsv((glue_dir / task.glue_dir / spec.file).read_text(), task, spec, spec.file)
+        parsed = parse_glue_tsv((glue_dir / task.source_dir / spec.file).read_text(), task, spec, spec.file)
         texts += parsed.text_a + [t for t in parsed.text_b if t is not None]
     return texts
 
@@ -107,7 +108,7 @@ def tiny_student(tmp_path: Path, is_pair: bool, backoff: int = 2):
 def exported(request, tmp_path, one_thread):
     student, student_dir = tiny_student(tmp_path, request.param)
     export_dir = tmp_path / "export"
-    export_student(student, export_dir, "distilled", ExportParams(), {"student_dir": str(student_dir)})
+    export_student(student, get_task(student.config.task), export_dir, "distilled", ExportParams(), {"student_dir": str(student_dir)})
     return student, student_dir, export_dir
 
 
@@ -167,8 +168,8 @@ def test_export_directory_contents(exported):
 def test_export_without_int8_and_a_rerun_replaces_the_directory(tmp_path):
     student, _ = tiny_student(tmp_path, is_pair=False)
     export_dir = tmp_path / "export"
-    export_student(student, export_dir, "baseline", ExportParams(), {})
-    export_student(student, export_dir, "baseline", ExportParams(int8=False, opset=13), {})
+    export_student(student, get_task(student.config.task), export_dir, "baseline", ExportParams(), {})
+    export_student(student, get_task(student.config.task), export_dir, "baseline", ExportParams(int8=False, opset=13), {})
     assert not (export_dir / serve.INT8_FILE).exists()
     assert json.loads((export_dir / serve.MANIFEST_FILE).read_text())["opset"] == 13
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp debris
@@ -182,7 +183,7 @@ def test_int8_file_is_at_most_half_the_float32_file(tmp_path):
     vocab = Vocab(("<pad>", "<unk>", *(f"w{i}" for i in range(20_000))), "unk")
     config = StudentConfig(task.name, task.label_names, False, len(vocab), 50, 150, 200, 0.1, "unk")
     save_student(tmp_path / "big", config, vocab, build_model(config))
-    export_student(load_student(tmp_path / "big"), tmp_path / "export", "distilled", ExportParams(), {})
+    export_student(load_student(tmp_path / "big"), get_task("sst2"), tmp_path / "export", "distilled", ExportParams(), {})
     sizes = serve.export_sizes(tmp_path / "export")
     assert sizes[serve.INT8_FILE] <= sizes[serve.FP32_FILE] / 2
 
@@ -268,6 +269,7 @@ def test_export_command_writes_the_stage_output(tmp_path, monkeypatch, one_threa
     monkeypatch.chdir(tmp_path)
     save_student(Path("models/student/sst2/baseline"), student.config, student.vocab, student.model)
     Path("params.yaml").write_text("tasks: [sst2]\nexport:\n  int8: false\n")
+    configured(Path("params.yaml"))
     result = CliRunner().invoke(app, ["export", "--task", "sst2", "--variant", "baseline"])
     assert result.exit_code == 0, result.output
     export = serve.load_export("models/export/sst2/baseline")

@@ -116,6 +116,9 @@ def test_a_directory_where_an_artifact_goes_is_called_one(tmp_path, monkeypatch)
     ("path", "stage"),
     [
         ("data/glue/qqp/dev.parquet", "prepare@qqp"),
+        ("data/glue/tickets/train.parquet", "prepare_dataset@tickets"),  # a dataset of your own
+        ("data/params/mnli/teacher.json", "configure@mnli"),
+        ("models/export/tickets/distilled/model.onnx", "export@tickets-distilled"),
         ("data/augmented/sst2.parquet", "augment@sst2"),
         ("./data/logits/mnli.parquet", "label@mnli"),
         ("models/teacher/sst2/config.json", "teacher@sst2"),

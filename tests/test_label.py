@@ -30,6 +30,7 @@ from pipeline.io import (
 )
 from pipeline.tasks import get_task
 from pipeline.text import MASK_TOKEN, normalize
+from project import configured
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = Path("params.yaml")
@@ -44,7 +45,7 @@ def masked(text: str, every: int) -> str:
 def build_corpus(glue_dir: Path, task_name: str, originals: int) -> pa.Table:
     """Real training rows (normalised) followed by masked and truncated synthetic variants."""
     task = get_task(task_name)
-    source = glue_dir / task.glue_dir / "train.tsv"
+    source = glue_dir / task.source_dir / "train.tsv"
     parsed = parse_glue_tsv(source.read_text(encoding="utf-8"), task, task.train_split, str(source))
     rows = []
     for i in range(originals):
@@ -72,6 +73,7 @@ def project(tmp_path, monkeypatch, sample_glue_dir, tiny_bert_factory):
     """A temp project root (cwd) with params, a tiny teacher and a real-row corpus per task."""
     monkeypatch.chdir(tmp_path)
     PARAMS.write_text(yaml.safe_dump({"tasks": ["sst2", "mnli"], "label": LABEL_PARAMS}))
+    configured(PARAMS)
     for task, originals in (("sst2", 40), ("mnli", 16)):
         shutil.copytree(tiny_bert_factory(get_task(task).num_labels), paths.teacher_dir(task))
         write_table(build_corpus(sample_glue_dir, task, originals), paths.augmented(task))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -12,16 +13,19 @@ import threading
 import zipfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import SPLIT_SCHEMA, file_sha256, read_metadata
+from pipeline.io import SPLIT_SCHEMA, file_sha256, glue_tsv_rows, read_metadata
 from pipeline.prepare import main as prepare_main
+from pipeline.params import parse_params
 from pipeline.prepare import prepare_split
 from pipeline.tasks import TASKS, get_task
+from project import configured
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,10 +62,10 @@ def write_mnli_fixture(root: Path) -> Path:
     return root
 
 
-def write_params(directory: Path, tasks: list[str], **data) -> Path:
+def write_params(directory: Path, tasks: list[str], *, configure: bool = True, **data) -> Path:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump({"tasks": tasks, "data": data}))
-    return path
+    return configured(path) if configure else path
 
 
 @pytest.fixture
@@ -151,9 +155,15 @@ def test_mnli_fixture_in_glue_layout(workdir):
 SST2 = get_task("sst2")
 
 
+def prepare_tsv(text: str, max_bad_fraction: float):
+    """prepare_split over a GLUE SST-2 train TSV held in memory."""
+    rows = glue_tsv_rows(text, SST2, "x.tsv")
+    return prepare_split(rows, SST2, SST2.train_split, "x.tsv", None, max_bad_fraction)
+
+
 def test_malformed_rows_are_counted_and_skipped():
     tsv = "sentence\tlabel\ngood film\t1\ntoo\tmany\tfields\nbad label\t7\n\t0\nfine\t0\n"
-    result = prepare_split(tsv, SST2, SST2.train_split, "x.tsv", None, max_bad_fraction=0.8)
+    result = prepare_tsv(tsv, max_bad_fraction=0.8)
     assert result.table.column("idx").to_pylist() == [0, 4]
     assert [n for n, _ in result.bad_lines] == [3, 4, 5]
     assert "label '7' not in" in result.bad_lines[1][1]
@@ -163,32 +173,37 @@ def test_malformed_rows_are_counted_and_skipped():
 def test_too_many_malformed_rows_fail():
     tsv = "sentence\tlabel\ngood\t1\nbad\n"
     with pytest.raises(PipelineError, match=r"1 of 2 rows malformed .*max_bad_fraction=0.1.*line 3"):
-        prepare_split(tsv, SST2, SST2.train_split, "x.tsv", None, max_bad_fraction=0.1)
+        prepare_tsv(tsv, max_bad_fraction=0.1)
 
 
 def test_wrong_header_fails():
-    with pytest.raises(PipelineError, match="header lacks column\\(s\\) label"):
-        prepare_split("sentence\tscore\nok\t1\n", SST2, SST2.train_split, "x.tsv", None, 0.1)
+    with pytest.raises(
+        PipelineError,
+        match=r"^x.tsv: no column 'label' \(columns found: sentence, score\); is this the GLUE SST-2 train file\?$",
+    ):
+        prepare_tsv("sentence\tscore\nok\t1\n", 0.1)
 
 
 def test_empty_split_fails():
     with pytest.raises(PipelineError, match="empty file"):
-        prepare_split("", SST2, SST2.train_split, "x.tsv", None, 0.1)
+        prepare_tsv("", 0.1)
+    with pytest.raises(PipelineError, match="x.tsv: empty split \\(no data rows\\)"):
+        prepare_tsv("sentence\tlabel\n", 0.1)
     with pytest.raises(PipelineError, match="no usable rows"):
-        prepare_split("sentence\tlabel\n", SST2, SST2.train_split, "x.tsv", None, 0.1)
+        prepare_tsv("sentence\tlabel\n\t1\n", 1.0)
 
 
 def test_a_bad_split_leaves_earlier_outputs_untouched(workdir):
     root = workdir / "glue" / "SST-2"
     root.mkdir(parents=True)
-    (root / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (root / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
     (root / "dev.tsv").write_text("sentence\tlabel\ngreat\t1\n")
     params = write_params(workdir, ["sst2"], glue_dir=str(workdir / "glue"))
     prepare_main("sst2", params)
     before = {p.name: p.read_bytes() for p in paths.prepared_dir("sst2").iterdir()}
-    (root / "train.tsv").write_text("sentence\tlabel\nchanged\t1\n")
+    (root / "train.tsv").write_text("sentence\tlabel\nchanged\t1\nbad\t0\n")
     (root / "dev.tsv").write_text("sentence\tscore\ngreat\t1\n")  # wrong header
-    with pytest.raises(PipelineError, match="header lacks"):
+    with pytest.raises(PipelineError, match="no column 'label'"):
         prepare_main("sst2", params)
     assert {p.name: p.read_bytes() for p in paths.prepared_dir("sst2").iterdir()} == before
     assert sorted(p.name for p in paths.prepared_dir("sst2").parent.iterdir()) == ["sst2"]
@@ -290,7 +305,7 @@ def test_download_fetches_verifies_and_caches_once(workdir, glue_server, monkeyp
     assert glue_server.requests == ["/SST-2.zip"]
     assert pq.read_table(paths.prepared_split("sst2", "train")).num_rows == 50
     assert sorted(p.name for p in cache.iterdir()) == ["SST-2"]  # unpacked; no archive, no debris
-    shutil.rmtree(paths.DATA)
+    shutil.rmtree(paths.prepared_dir("sst2"))
     prepare_main("sst2", params)  # the second run reads the cache: no request
     assert glue_server.requests == ["/SST-2.zip"]
     assert pq.read_table(paths.prepared_split("sst2", "dev")).num_rows == 50
@@ -327,7 +342,7 @@ def test_cli_help_lists_every_stage(tmp_path):
 @pytest.mark.parametrize(
     ("args", "setup", "message"),
     [
-        (["prepare", "--task", "cola"], None, "error: unknown task 'cola'"),
+        (["prepare", "--task", "nope"], None, "error: unknown task 'nope'"),
         (["prepare", "--task", "sst2"], "no-params", "error: params.yaml: params file not found"),
         (["prepare", "--task", "sst2"], "bad-params", "error: params.yaml: data.max_bad_fraction"),
         (["prepare", "--task", "sst2"], "missing-file", "error: /"),
@@ -337,13 +352,13 @@ def test_cli_errors_are_one_line_with_exit_1(tmp_path, args, setup, message):
     if setup != "no-params":
         data = {"max_bad_fraction": 3} if setup == "bad-params" else {"glue_dir": str(tmp_path / "g")}
         (tmp_path / "g" / "SST-2").mkdir(parents=True)
-        write_params(tmp_path, ["sst2"], **data)
+        write_params(tmp_path, ["sst2"], configure=setup != "bad-params", **data)
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]  # no log lines
     assert errors == [errors[0]] and errors[0].startswith(message), result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "data" / "glue").exists()
 
 
 @pytest.mark.parametrize(
@@ -373,4 +388,178 @@ def test_cli_bad_sources_are_one_line(tmp_path, case, message):
     result = run_cli("prepare", "--task", "sst2", cwd=tmp_path)
     errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]  # no log lines
     assert (result.returncode, errors) == (1, [f"error: {message.format(sst2=sst2)}"]), result.stderr
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "data" / "glue").exists()
+
+
+# --------------------------------------------------------------------------- your own datasets
+
+TICKETS = {
+    "dir": "raw/tickets",
+    "train": "train.csv",
+    "dev": "dev.csv",
+    "text": "body",
+    "label": "queue",
+    "labels": ["billing", "bug", "feature"],
+}
+TICKETS_TRAIN = 'id,body,queue\n1,"refund me, please",billing\n2,app crashes,bug\n3,add dark mode,feature\n'
+
+
+def write_dataset(
+    root: Path, files: dict[str, str | bytes], name: str = "tickets", data: dict | None = None, **declaration
+) -> Path:
+    """Raw files under root/raw/<name>/ and a params file declaring them; returns the params."""
+    spec = {**TICKETS, "dir": f"raw/{name}", **declaration}
+    for file, content in files.items():
+        path = root / spec["dir"] / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump({"tasks": [name], "glue": [], "datasets": {name: spec}, "data": data or {}}))
+    return configured(path)
+
+
+def prepared_rows(task: str, split: str) -> list[dict]:
+    return pq.read_table(paths.prepared_split(task, split)).to_pylist()
+
+
+def test_a_csv_dataset_is_prepared_with_its_declared_classes(workdir):
+    params = write_dataset(workdir, {"train.csv": TICKETS_TRAIN, "dev.csv": "id,body,queue\n9,it freezes,bug\n"})
+    prepare_main("tickets", params)
+    train = prepared_rows("tickets", "train")
+    assert [(r["text_a"], r["label"]) for r in train] == [
+        ("refund me, please", 0), ("app crashes", 1), ("add dark mode", 2)  # quoted comma kept
+    ]
+    assert prepared_rows("tickets", "dev") == [{"idx": 0, "text_a": "it freezes", "text_b": None, "label": 1}]
+    meta = read_metadata(paths.prepared_split("tickets", "train"))
+    assert meta["label_names"] == ["billing", "bug", "feature"]
+    assert meta["source_file"] == "raw/tickets/train.csv"
+
+
+def test_classes_are_inferred_from_train_in_a_stable_order(workdir):
+    rows = [{"text": f"review {i}", "stars": stars} for i, stars in enumerate([10, 2, 10, 2])]
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:2]), workdir / "dev.parquet")
+    params = write_dataset(
+        workdir,
+        {f: (workdir / f).read_bytes() for f in ("train.parquet", "dev.parquet")},
+        name="reviews", train="train.parquet", dev="dev.parquet", text="text", label="stars", labels="infer",
+    )
+    prepare_main("reviews", params)
+    assert read_metadata(paths.prepared_split("reviews", "dev"))["label_names"] == ["2", "10"]  # numeric order
+    assert [r["label"] for r in prepared_rows("reviews", "train")] == [1, 0, 1, 0]
+
+
+def test_a_jsonl_pair_dataset_skips_bad_lines_and_reports_them(workdir, caplog):
+    good = [json.dumps({"q1": f"question {i}", "q2": f"other {i}", "dup": i % 2}) for i in range(8)]
+    lines = [*good[:4], "{not json", json.dumps({"q1": "one side", "q2": "", "dup": 1}), *good[4:]]
+    params = write_dataset(
+        workdir,
+        {"train.jsonl": "\n".join(lines) + "\n", "dev.jsonl": "\n".join(good[:2]) + "\n"},
+        name="pairs", train="train.jsonl", dev="dev.jsonl", text="q1", text_pair="q2", label="dup",
+        labels=["0", "1"], data={"max_bad_fraction": 0.5},
+    )
+    prepare_main("pairs", params)
+    assert [r["text_b"] for r in prepared_rows("pairs", "train")][:2] == ["other 0", "other 1"]
+    assert "line 5: not JSON" in caplog.text and "line 6: empty text (second side)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("files", "declaration", "message"),
+    [
+        (
+            {"train.csv": "id,body,category\n1,x,bug\n", "dev.csv": "id,body,queue\n"},
+            {},
+            r"raw/tickets/train.csv: no column 'queue' \(columns found: id, body, category\); "
+            r"fix the file or datasets.tickets.text/text_pair/label$",
+        ),
+        (
+            {"train.csv": TICKETS_TRAIN + "4,wrong,biling\n" * 3, "dev.csv": "id,body,queue\n1,x,bug\n"},
+            {},
+            r"3 of 6 rows malformed .*line 5: label 'biling' not in \('billing', 'bug', 'feature'\)",
+        ),
+        (
+            {"train.csv": "id,body,queue\n1,a,billing\n2,b,bug\n", "dev.csv": "id,body,queue\n1,x,bug\n"},
+            {},
+            r"train.csv: no training row of class\(es\) 'feature' of datasets.tickets.labels",
+        ),
+        (
+            {"train.csv": TICKETS_TRAIN, "dev.csv": "id,body,queue\n"},
+            {},
+            r"dev.csv: empty split \(no data rows\)",
+        ),
+        (
+            {"train.parquet": b"not parquet at all", "dev.csv": "id,body,queue\n1,x,bug\n"},
+            {"train": "train.parquet"},
+            r"train.parquet: not a readable Parquet file",
+        ),
+        (
+            {"train.txt": TICKETS_TRAIN, "dev.csv": "id,body,queue\n1,x,bug\n"},
+            {"train": "train.txt"},
+            r"raw/tickets/train.txt: cannot tell its format from the extension; .*datasets.tickets.format",
+        ),
+        (
+            {"train.csv": TICKETS_TRAIN},
+            {},
+            r"raw/tickets/dev.csv: data file not found \(datasets.tickets.dev names it\)",
+        ),
+    ],
+    ids=["missing-column", "unknown-label", "class-absent", "empty-split", "unreadable", "extension", "missing-file"],
+)
+def test_bad_data_fails_in_one_line_before_anything_is_written(workdir, files, declaration, message):
+    params = write_dataset(workdir, files, **declaration)
+    with pytest.raises(PipelineError, match=message) as failure:
+        prepare_main("tickets", params)
+    assert "\n" not in str(failure.value)
+    assert not paths.prepared_dir("tickets").exists()
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ({"sst2": TICKETS}, "datasets.sst2: the name of a built-in GLUE task"),
+        ({"Tickets": TICKETS}, "datasets.Tickets: task names are lowercase"),
+        ({"tickets": {**TICKETS, "labels": ["a", "a"]}}, r"labels: \['a', 'a'\] names a class twice"),
+        ({"tickets": {**TICKETS, "metrics": ["f1"]}}, "f1 scores one class; name it in positive_label"),
+        ({"tickets": {**TICKETS, "positive_label": "spam"}}, "positive_label: 'spam' is not one of labels"),
+        ({"tickets": {**TICKETS, "format": "xlsx"}}, "datasets.tickets.format: Input should be"),
+        ({"tickets": {k: v for k, v in TICKETS.items() if k != "label"}}, "datasets.tickets.label: Field required"),
+    ],
+)
+def test_bad_declarations_fail_at_load(datasets, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_params({"tasks": list(datasets), "glue": [], "datasets": datasets})
+
+
+# --------------------------------------------------------------------------- the other GLUE tasks
+
+GLUE_FIXTURES = {  # task: (train.tsv as the official files lay it out, expected (text_a, text_b, label))
+    "cola": ("gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n",
+             [("Our friends won't buy this analysis.", None, 1), ("They drank the pub.", None, 0)]),
+    "mrpc": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said \"yes\" .\tHe agreed .\n"
+             "0\t3\t4\tIt rained .\tIt was sunny .\n",
+             [('He said "yes" .', "He agreed .", 1), ("It rained .", "It was sunny .", 0)]),
+    "qnli": ("index\tquestion\tsentence\tlabel\n0\tWho wrote it?\tShe wrote it.\tentailment\n"
+             "1\tWhen?\tIt is blue.\tnot_entailment\n",
+             [("Who wrote it?", "She wrote it.", 0), ("When?", "It is blue.", 1)]),
+    "rte": ("index\tsentence1\tsentence2\tlabel\n0\tA cat sat.\tAn animal sat.\tentailment\n"
+            "1\tA cat sat.\tA dog ran.\tnot_entailment\n",
+            [("A cat sat.", "An animal sat.", 0), ("A cat sat.", "A dog ran.", 1)]),
+    "wnli": ("index\tsentence1\tsentence2\tlabel\n0\tI put the cake away.\tThe cake was away.\t1\n"
+             "1\tThe trophy did not fit.\tThe case did not fit.\t0\n",
+             [("I put the cake away.", "The cake was away.", 1), ("The trophy did not fit.", "The case did not fit.", 0)]),
+}
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_FIXTURES))
+def test_the_other_glue_tasks_read_their_official_layout(workdir, task):
+    """CoLA's files have no header, MRPC's start with a byte-order mark, WNLI spells its
+    classes 0/1 with 1 = entailment (class 1 in Hugging Face's order, unlike RTE and QNLI)."""
+    train, expected = GLUE_FIXTURES[task]
+    root = workdir / "glue" / get_task(task).source_dir
+    root.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (root / f"{split}.tsv").write_text(train)
+    prepare_main(task, write_params(workdir, [task], glue_dir=str(workdir / "glue")))
+    rows = prepared_rows(task, "train")
+    assert [(r["text_a"], r["text_b"], r["label"]) for r in rows] == expected
+    assert read_metadata(paths.prepared_split(task, "dev"))["label_names"] == list(get_task(task).label_names)

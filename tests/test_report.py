@@ -14,20 +14,48 @@ import pytest
 from pipeline import paths, report
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
-from pipeline.tasks import get_task
+from pipeline.tasks import SplitSpec, TaskSpec, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# Fixture scores per task: teacher, distilled, baseline (accuracy; QQP also F1).
+# A task declared under `datasets` (your own data): no official sizes, no published scores.
+TICKETS = TaskSpec(
+    name="tickets",
+    title="Tickets",
+    source_dir="data/raw/tickets",
+    text_a="text",
+    text_b=None,
+    label_column="queue",
+    label_names=("billing", "bug", "other"),
+    raw_labels=("billing", "bug", "other"),
+    splits=(SplitSpec("train", "train.csv"), SplitSpec("dev", "dev.csv")),
+    metrics=("accuracy", "macro_f1"),
+    format=None,
+    builtin=False,
+    description="support tickets export",
+)
+FIXTURE_TASKS = ("sst2", "qqp")  # the `project` fixture's params.yaml
+
+# Fixture scores per task: teacher, distilled, baseline (the first metric; the others 0.1 under it).
 SCORES = {
     "sst2": {"teacher": 0.9174, "distilled": 0.8830, "baseline": 0.8520},
     "qqp": {"teacher": 0.8610, "distilled": 0.8125, "baseline": 0.7950},
+    "tickets": {"teacher": 0.8400, "distilled": 0.8000, "baseline": 0.7700},
 }
 DATA = {
     "sst2": {"train": (67_349, 67_349, 0), "dev": (872, 872, 0)},
     "qqp": {"train": (19_999, 20_000, 1), "dev": (3_497, 3_497, 0)},
+    "tickets": {"train": (1_200, 1_200, 0), "dev": (300, 300, 0)},
 }
+
+
+def _spec(task_name: str) -> TaskSpec:
+    return TICKETS if task_name == TICKETS.name else get_task(task_name)
+
+
+def _metric_keys(task_name: str) -> list[str]:
+    return [f"eval_{m}" for m in _spec(task_name).metrics]
 
 
 def _timing(model_s: float, latency_ms: float) -> dict[str, float]:
@@ -62,9 +90,8 @@ def write_fixture_metrics(root: Path, task_name: str) -> None:
         },
     }
     for name, acc in scores.items():
-        metrics[name]["eval_accuracy"] = acc
-        if task_name == "qqp":
-            metrics[name]["eval_f1"] = acc - 0.1
+        first, *others = _metric_keys(task_name)
+        metrics[name] |= {first: acc, **{key: acc - 0.1 for key in others}}
         metrics[name].update(_histories(task_name)[name])
     if task_name == "sst2":  # the distilled student's exports (QQP has none: rows appear per export)
         metrics["distilled_onnx"] = {"eval_accuracy": 0.8830, "predictions_differing": 0,
@@ -97,7 +124,7 @@ def write_fixture_metrics(root: Path, task_name: str) -> None:
 def _histories(task_name: str) -> dict[str, dict]:
     """Per model: the kept epoch and every epoch's loss and dev scores, as evaluate copies them.
     The teacher peaks at epoch 2 of 3; the students improve every epoch."""
-    keys = ["eval_accuracy"] + (["eval_f1"] if task_name == "qqp" else [])
+    keys = _metric_keys(task_name)
     histories = {
         "teacher": {
             "best_epoch": 2,
@@ -123,8 +150,8 @@ SETTINGS = {
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp]\n")
-    for task in SCORES:
+    (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp]\nglue: [sst2, qqp]\ndatasets: {}\n")
+    for task in FIXTURE_TASKS:
         write_fixture_metrics(tmp_path, task)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -270,7 +297,7 @@ def test_an_unavailable_split_says_why_instead_of_a_score(project):
     metrics["unavailable"] = {"dev_mismatched": reason}
     write_json(metrics, paths.metrics_file("mnli"))
     shutil.copy(paths.speed_file("sst2"), paths.speed_file("mnli"))
-    (project / "params.yaml").write_text("tasks: [sst2, mnli]\n")
+    (project / "params.yaml").write_text("tasks: [sst2, mnli]\nglue: [sst2, mnli]\ndatasets: {}\n")
     report.main(Path("params.yaml"))
     text = (project / "reports" / "results.md").read_text()
     assert "| BiLSTM distilled (ours) | GLUE dev (ours) | 88.30 | 70.00 | not available |" in text
@@ -302,7 +329,7 @@ def _dvc(cwd: Path, *args: str) -> str:
 def test_dvc_metrics_and_plots_work_on_the_outputs(project):
     """`dvc metrics show/diff` and `dvc plots show` accept the project's declarations and files."""
     shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
-    for task in SCORES:  # the students' curves, declared as plots by the student stage
+    for task in FIXTURE_TASKS:  # the students' curves, declared as plots by the student stage
         for variant, history in _histories(task).items():
             if variant == "teacher":
                 continue
@@ -320,7 +347,7 @@ def test_dvc_metrics_and_plots_work_on_the_outputs(project):
     subprocess.run([*git, "commit", "-qm", "fixture"], cwd=project, check=True)
 
     shown = json.loads(_dvc(project, "metrics", "show", "--json"))[""]["data"]
-    for task in SCORES:  # (the teacher stage's metrics files are absent here)
+    for task in FIXTURE_TASKS:  # (the teacher stage's metrics files are absent here)
         assert set(shown[paths.metrics_file(task).as_posix()]) == {"data"}
         assert set(shown[paths.speed_file(task).as_posix()]) == {"data"}
     assert shown["metrics/evaluate/sst2.json"]["data"]["distilled"]["eval_accuracy"] == SCORES["sst2"]["distilled"]
@@ -335,7 +362,7 @@ def test_dvc_metrics_and_plots_work_on_the_outputs(project):
 
     plots = json.loads(_dvc(project, "plots", "show", "--json"))
     assert "errors" not in plots
-    for task in SCORES:
+    for task in FIXTURE_TASKS:
         chart = plots["data"][f"reports/plots/{task}-dev.csv"][0]
         series = {row["field"] for row in chart["content"]["data"]["values"]}
         assert series == {"teacher", "distilled", "baseline"}
@@ -355,3 +382,49 @@ def test_exports_are_reported_beside_their_students(project):
     assert "| SST-2 | BiLSTM distilled, ONNX int8 (ours) | 88.19 | -0.11 | 3 | 7.0 MB |" in text
     assert "| QQP | BiLSTM distilled, ONNX" not in text
     assert "| SST-2 | BiLSTM distilled, ONNX int8 (ours) | 1,000 |" in text  # in the CPU speed table
+
+
+def test_a_report_of_declared_tasks_describes_only_them(tmp_path, monkeypatch):
+    """Your own task: its title, metrics and description; nothing about GLUE tasks or the paper."""
+    monkeypatch.chdir(tmp_path)
+    write_fixture_metrics(tmp_path, "tickets")
+    text = report.render_markdown([report.load_results(TICKETS)])
+    for absent in ("SST-2", "QQP", "MNLI", "Tang et al.", "official size not recorded", "Published numbers"):
+        assert absent not in text
+    assert "| Model | Evaluated on | Tickets acc | Tickets macro-F1 |" in text
+    assert "| BiLSTM distilled (ours) | dev (ours) | 80.00 | 70.00 |" in text
+    assert "- **Tickets**: train 1,200 rows; dev 300 rows. Source: support tickets export\n" in text
+    assert "Accuracy and macro-F1 in percent." in text
+    assert "| Tickets | BERT teacher (ours) | Tickets acc | 2 of 3 | 81.00 | 80.00 | +1.00 |" in text
+
+
+def test_a_truncated_run_of_a_declared_task_is_flagged_without_published_numbers():
+    data = {"train_rows": 500, "train_source_rows": 1_200, "train_skipped_rows": 0,
+            "dev_rows": 300, "dev_source_rows": 300, "dev_skipped_rows": 0}
+    note = report.data_note(TICKETS, data, {})
+    assert note == (
+        "- **Tickets**: train 500 rows; first 500 of 1,200 rows (data.max_*_rows): **reduced run**; "
+        "dev 300 rows. Source: support tickets export"
+    )
+
+
+def test_published_rows_keep_the_paper_then_the_peers():
+    """The rows come from the tasks' declarations, merged per model, in the committed report's order."""
+    rows = report.published_rows([get_task(name) for name in ("sst2", "qqp", "mnli")])
+    assert [model for model, _, _ in rows] == [
+        "BERT-large (Devlin et al.)",
+        "BiLSTM_SOFT, distilled (paper)",
+        "BiLSTM, no distillation (paper)",
+        "PaddleNLP: bert-base-uncased teacher",
+        "PaddleNLP: BiLSTM distilled",
+        "PaddleNLP: BiLSTM, no distillation",
+        "dsindex: bert-large-uncased teacher",
+        "dsindex: BiLSTM distilled",
+        "dsindex: BiLSTM, no distillation",
+    ]
+    soft = rows["BiLSTM_SOFT, distilled (paper)", "Tang et al. 2019, Table 1 (METHOD.md §2.1)", "GLUE test"]
+    assert soft == {
+        "sst2": {"eval_accuracy": "90.7"},
+        "qqp": {"eval_accuracy": "88.1", "eval_f1": "68.2"},
+        "mnli": {"eval_accuracy": "73.0", "eval_accuracy_mm": "72.6"},
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.params import Params, load_params, parse_params
-from pipeline.tasks import TASKS, get_task
+from pipeline.tasks import TASKS, TaskSpec, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,8 @@ def test_task_table_shapes():
 
 
 def test_unknown_task_names_the_known_ones():
-    with pytest.raises(PipelineError, match="unknown task 'rte'.*mnli, qqp, sst2"):
-        get_task("rte")
+    with pytest.raises(PipelineError, match="unknown task 'nope'.*cola, mnli, mrpc, qnli, qqp, rte, sst2, wnli; declare"):
+        get_task("nope")
 
 
 def test_project_params_load():
@@ -67,9 +68,14 @@ def test_every_section_default_matches_params_yaml():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"tasks": ["sst2", "rte"]}, r"unknown task\(s\) rte"),
+        ({"tasks": ["sst2", "nope"]}, "tasks: 'nope' is neither in glue nor in datasets; declare it under datasets.nope"),
+        ({"tasks": ["sst2"], "glue": []}, "tasks: 'sst2' is neither in glue nor in datasets; add it to glue too"),
+        ({"tasks": ["sst2"], "glue": ["sst2", "rte"]}, "glue: 'rte' is not in tasks; add it to tasks"),
+        ({"tasks": ["sst2", "x"], "glue": ["sst2", "x"]}, "glue: 'x' is not a built-in task"),
+        ({"tasks": ["sst2"], "teacher": {"nope": {"lr": 1.0}}}, "teacher.nope: neither a key of teacher nor a task"),
+        ({"tasks": ["sst2"], "teacher": {"nope": 1}}, "teacher.nope: not a key of this section"),
         ({"tasks": []}, "tasks: List should have at least 1 item"),
-        ({"tasks": ["sst2"], "teacher": {"lrr": 1}}, "teacher.lrr: Extra inputs are not permitted"),
+        ({"tasks": ["sst2"], "teacher": {"lrr": 1}}, "teacher.lrr: not a key of this section"),
         ({"tasks": ["sst2"], "teacher": {"lr": "fast"}}, "teacher.lr: Input should be a valid number"),
         ({"tasks": ["sst2"], "teacher": {"qqp": {"lr": -1}}}, "teacher.qqp.lr: Input should be greater than 0"),
         ({"tasks": ["sst2"], "augment": {"p_ng": 1.5}}, "augment.p_ng: Input should be less than or equal to 1"),
@@ -136,3 +142,28 @@ def test_params_directory_is_called_a_directory(tmp_path):
     (tmp_path / "params.yaml").mkdir()
     with pytest.raises(PipelineError, match="params.yaml: is a directory, not a params file"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_declared_dataset_is_a_task_with_optional_overrides():
+    tickets = {"dir": "data/raw/tickets", "train": "t.csv", "dev": "d.jsonl", "text": "body", "label": "queue",
+               "labels": ["billing", "bug"], "metrics": ["f1", "accuracy"], "positive_label": "billing"}
+    params = parse_params({
+        "tasks": ["sst2", "tickets"], "glue": ["sst2"], "datasets": {"tickets": tickets},
+        "student": {"tickets": {"epochs": 7}},  # optional: no other section names the task
+    })
+    task = params.task("tickets")
+    assert (task.builtin, task.is_pair, task.title, task.positive_class) == (False, False, "tickets", 0)
+    assert [(s.name, task.split_format(s)) for s in task.splits] == [("train", "csv"), ("dev", "jsonl")]
+    assert params.student.for_task("tickets").epochs == 7 and params.teacher.for_task("tickets").epochs == 3
+    assert params.task("sst2") is get_task("sst2")
+
+
+def test_every_built_in_task_is_consistent():
+    for task in TASKS.values():
+        assert len(task.label_names) == len(task.raw_labels) >= 2, task.name
+        assert task.train_split.labelled and task.eval_splits, task.name
+        assert set(task.official_rows) <= {s.name for s in task.splits}, task.name
+        assert (task.archive is None) == (task.archive_sha256 is None), task.name
+        assert TaskSpec.from_dict(task.to_dict()) == dataclasses.replace(
+            task, title=task.name, description="", official_rows={}, published=(), source_notes={}
+        )

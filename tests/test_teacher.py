@@ -27,6 +27,7 @@ from pipeline.io import SPLIT_SCHEMA, parse_glue_tsv, write_table
 from pipeline.params import TeacherParams
 from pipeline.tasks import get_task
 from pipeline.text import normalize
+from project import configured
 
 SST2 = get_task("sst2")
 QQP = get_task("qqp")
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _glue_rows(glue_dir: Path, task, split: str, rows: int) -> pa.Table:
     """The first `rows` data rows of a GLUE split, parsed as `prepare` parses them."""
     spec = task.split(split)
-    path = glue_dir / task.glue_dir / spec.file
+    path = glue_dir / task.source_dir / spec.file
     with path.open() as fh:
         text = "".join(itertools.islice(fh, rows + 1))
     return parse_glue_tsv(text, task, spec, str(path)).to_table()
@@ -136,7 +137,7 @@ def project(tmp_path, monkeypatch, sample_glue_dir):
 def _write_params(directory: Path, **teacher_params) -> Path:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump({"tasks": ["sst2"], "teacher": teacher_params}))
-    return path
+    return configured(path)
 
 
 def test_main_writes_the_best_epoch_model_and_its_metrics(project, tiny_bert_factory, sample_glue_dir):

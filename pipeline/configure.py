@@ -1,0 +1,45 @@
+"""`configure` stage: one task's resolved settings -> `data/params/<task>/<section>.json`.
+
+Why a stage: a task's settings are a section's shared values plus its optional per-task
+subsection (`teacher.mnli.lr`). DVC can only declare params keys that exist, so declaring
+`teacher.${item}` stops `dvc repro` for every task without such a subsection. Instead this
+stage declares whole sections and writes what each task gets, one file per section, with
+sorted keys: a change to `student.mnli` rewrites only `mnli/student.json`, so only
+`student@mnli-*` reruns, and a change to `student.lr` reruns every task's students. The
+other stages depend on these files, not on params keys. `task.json` is the task's
+declaration (built in, or under `datasets`), the dependency of its prepare stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline import paths
+from pipeline.io import atomic_path, write_json
+from pipeline.logs import get_logger, stage_run
+from pipeline.params import _PerTaskSection, load_params
+from pipeline.tasks import TaskSpec
+
+log = get_logger("configure")
+
+
+def resolve_settings(task: TaskSpec, sections: dict[str, _PerTaskSection]) -> dict[str, dict[str, Any]]:
+    """File name -> content: what the stages read of the task, and its resolved sections."""
+    return {"task": task.to_dict()} | {
+        name: section.for_task(task.name).model_dump() for name, section in sections.items()
+    }
+
+
+def main(task_name: str, params_path: Path) -> None:
+    params = load_params(params_path)
+    out_dir = paths.settings_dir(task_name)
+    with stage_run(log, f"configure@{task_name}", params=params_path) as summary:
+        sections = {"teacher": params.teacher, "augment": params.augment, "student": params.student}
+        settings = resolve_settings(params.task(task_name), sections)
+        with atomic_path(out_dir) as tmp_dir:
+            tmp_dir.mkdir()
+            for name, content in settings.items():
+                write_json(content, tmp_dir / f"{name}.json")
+        summary["out"] = out_dir
+        summary["files"] = len(settings)

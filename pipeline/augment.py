@@ -513,7 +513,7 @@ def augment_to_parquet(
 
 def main(task_name: str, params_path: Path, workers: int | None) -> None:
     task = load_task(task_name)
-    params = load_settings(AugmentParams, task.name)
+    params = load_settings(AugmentParams, task.name, params_path)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise PipelineError(f"--workers must be at least 1 (got {workers})")

@@ -6,8 +6,10 @@ subsection (`teacher.mnli.lr`). DVC can only declare params keys that exist, so 
 stage declares whole sections and writes what each task gets, one file per section, with
 sorted keys: a change to `student.mnli` rewrites only `mnli/student.json`, so only
 `student@mnli-*` reruns, and a change to `student.lr` reruns every task's students. The
-other stages depend on these files, not on params keys. `task.json` is the task's
-declaration (built in, or under `datasets`), the dependency of its prepare stage.
+other stages depend on these files, not on params keys. `source.json` is the task's
+declaration (built in, or under `datasets`), the dependency of its prepare stage;
+`task.json` is the same without where the files are and how to read them, for the stages
+after prepare.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from typing import Any
 from pipeline import paths
 from pipeline.io import atomic_path, write_json
 from pipeline.logs import get_logger, stage_run
-from pipeline.params import _PerTaskSection, load_params
+from pipeline.params import PerTaskSection, load_params
 from pipeline.tasks import TaskSpec
 
 log = get_logger("configure")
 
 
-def resolve_settings(task: TaskSpec, sections: dict[str, _PerTaskSection]) -> dict[str, dict[str, Any]]:
-    """File name -> content: what the stages read of the task, and its resolved sections."""
-    return {"task": task.to_dict()} | {
+def resolve_settings(task: TaskSpec, sections: dict[str, PerTaskSection]) -> dict[str, dict[str, Any]]:
+    """File name -> content: the task for prepare (`source`) and for the stages after it
+    (`task`), and its resolved sections."""
+    return {"source": task.to_dict(with_source=True), "task": task.to_dict(with_source=False)} | {
         name: section.for_task(task.name).model_dump() for name, section in sections.items()
     }
 

@@ -30,7 +30,7 @@ import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -297,11 +297,13 @@ def _check_inputs(task: TaskSpec) -> None:
 def unavailable_splits(task: TaskSpec) -> dict[str, str]:
     """Optional eval splits prepare did not find, each with the reason the report prints."""
     present = paths.prepared_eval_splits(task)
-    return {
-        spec.name: f"{task.source_dir}/{spec.file} was not in the GLUE source prepare read"
-        for spec in task.eval_splits
-        if spec not in present
-    }
+    absent = [spec for spec in task.eval_splits if spec not in present]
+    if not absent:
+        return {}
+    # Where prepare read the task's files: beside its train file (the source of record).
+    source_dir = PurePosixPath(read_metadata(paths.prepared_split(task.name, "train"))["source_file"]).parent
+    source = "the GLUE source" if task.builtin else "the source"
+    return {spec.name: f"{source_dir}/{spec.file} was not in {source} prepare read" for spec in absent}
 
 
 def training_history(task: TaskSpec, name: str) -> dict[str, Any]:
@@ -362,7 +364,7 @@ def load_models(task: TaskSpec, params: EvaluateParams) -> dict[str, Classifier]
     model, tokenizer = load_teacher(paths.teacher_dir(task.name), task)
     models: dict[str, Classifier] = {TEACHER: TeacherClassifier(model, tokenizer, params.max_length)}
     for variant in paths.STUDENT_VARIANTS:
-        student = load_student(paths.student_dir(task.name, variant))
+        student = load_student(paths.student_dir(task.name, variant), label_names=task.label_names)
         student.model.to(DTYPE)
         models[variant] = student
     return models

@@ -248,7 +248,7 @@ def export_student(
         "task": task.name,
         "variant": variant,
         "label_names": list(task.label_names),
-        "text_fields": [task.text_a] + ([task.text_b] if task.is_pair else []),
+        "text_fields": [str(task.text_a)] + ([str(task.text_b)] if task.is_pair else []),  # CoLA's: positions
         "inputs": [i.name for i in model.graph.input],
         "lowercase": lowercase_table(),
         "student": asdict(student.config),
@@ -305,7 +305,7 @@ def main(task_name: str, variant: str, params_path: Path) -> None:
     params = load_params(params_path).export
     source, out = paths.student_dir(task.name, variant), paths.export_dir(task.name, variant)
     with stage_run(log, f"export@{task.name}-{variant}", student=source, int8=params.int8, opset=params.opset) as summary:
-        student = load_student(source)
+        student = load_student(source, label_names=task.label_names)
         manifest = export_student(student, task, out, variant, params, {"student_dir": str(source), "sha256": dir_sha256(source)})
         summary["out"] = out
         summary["sizes"] = ",".join(f"{name}={(out / name).stat().st_size:,}" for name in manifest["files"])

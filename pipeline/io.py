@@ -1,4 +1,5 @@
-"""Data contracts (DESIGN.md §2), atomic writes and the GLUE TSV reader.
+"""Data contracts (DESIGN.md §2), atomic writes and the source-file readers (TSV, CSV,
+JSON Lines, Parquet).
 
 Every artifact is written to a temporary sibling and renamed into place at the end, so a
 failed or interrupted stage never leaves a file DVC could mistake for a finished output.
@@ -14,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -265,40 +267,48 @@ def parse_glue_tsv(
 
 
 def glue_tsv_rows(text: str, task: TaskSpec, source: str) -> SourceRows:
-    """The rows of a GLUE TSV: fields split on tabs with no quote handling.
+    """The rows of a TSV file, as GLUE's are read: fields split on tabs with no quote handling.
 
     GLUE text holds literal `"` characters (csv quoting would merge rows and strip quotes;
-    DESIGN.md §7). A row whose field count differs from the header's (or, in a file without
-    one like CoLA's, from the first row's) is malformed. A leading byte-order mark is dropped
-    (the official MRPC files start with one).
+    DESIGN.md §7), and a quote opened by mistake cannot swallow the rows after it. A row
+    whose field count differs from the header's (in a file without one, like CoLA's, from
+    the columns the task names) is malformed. A leading byte-order mark is dropped (the
+    official MRPC files start with one).
     """
     lines = text.removeprefix("\ufeff").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
-        raise PipelineError(f"{source}: empty file (expected a GLUE TSV with a header row)")
-    first = lines[0].rstrip("\r").split("\t")
-    columns: list[Column] = list(first) if task.header else list(range(len(first)))
-    body = lines[1:] if task.header else lines
-    offset = 2 if task.header else 1
+        what = "a header row" if task.header else "rows"
+        raise PipelineError(f"{source}: empty file (expected a TSV with {what})")
+    if task.header:
+        columns: list[Column] = list(lines[0].rstrip("\r").split("\t"))
+        body, offset = lines[1:], 2
+    else:
+        named = [c for c in (task.text_a, task.text_b, task.label_column) if isinstance(c, int)]
+        columns, body, offset = list(range(max(named) + 1)), lines, 1
     records: list[Record] = []
     for position, line in enumerate(body):
         fields = line.rstrip("\r").split("\t")
         if len(fields) != len(columns):
-            what = "header has" if task.header else "first row has"
+            what = "header has" if task.header else "the task reads"
             records.append((position + offset, f"{len(fields)} fields, {what} {len(columns)}"))
         else:
             records.append((position + offset, dict(zip(columns, fields, strict=True))))
     return SourceRows(columns, records)
 
 
-def delimited_rows(text: str, delimiter: str, source: str) -> SourceRows:
-    """The rows of a CSV/TSV file with a header row, standard quoting (`csv` module)."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), delimiter=delimiter)
+def csv_rows(text: str, source: str) -> SourceRows:
+    """The rows of a CSV file with a header row, standard quoting (`csv` module)."""
+    csv.field_size_limit(1 << 30)  # an overlong text is a malformed row (max_text_chars), not a failure
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
     try:
         header = next(reader, None)
         if header is None:
             raise PipelineError(f"{source}: empty file (expected a header row naming the columns)")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise PipelineError(f"{source}: column {repeated[0]!r} is named twice in the header; rename one")
         records: list[Record] = []
         for fields in reader:
             line = reader.line_num
@@ -309,7 +319,7 @@ def delimited_rows(text: str, delimiter: str, source: str) -> SourceRows:
             else:
                 records.append((line, dict(zip(header, fields, strict=True))))
     except csv.Error as exc:
-        raise PipelineError(f"{source} line {reader.line_num}: not readable as CSV/TSV ({exc})") from None
+        raise PipelineError(f"{source} line {reader.line_num}: not readable as CSV ({exc})") from None
     return SourceRows(list(header), records)
 
 
@@ -317,7 +327,9 @@ def jsonl_rows(text: str, source: str) -> SourceRows:
     """The rows of a JSON Lines file: one JSON object per line; its columns, every key seen."""
     columns: dict[str, None] = {}
     records: list[Record] = []
-    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+    # Split on newlines alone: JSON strings may hold other Unicode line breaks (U+2028, ...).
+    for line_no, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
@@ -354,16 +366,24 @@ def read_source(path: Path, task: TaskSpec, split: SplitSpec) -> SourceRows:
         require_file(path, what, fix)
         return parquet_rows(path)
     text = read_utf8(path, what, fix)
-    if fmt == "glue-tsv":
+    if fmt == "tsv":
         return glue_tsv_rows(text, task, str(path))
     if fmt == "jsonl":
         return jsonl_rows(text, str(path))
-    return delimited_rows(text, "\t" if fmt == "tsv" else ",", str(path))
+    return csv_rows(text, str(path))
 
 
 def _cell(value: Any) -> str:
-    """A field as text: labels and texts compare as the file spells them (JSON 1 is "1")."""
-    return "" if value is None else str(value).strip()
+    """A field as text: labels and texts compare as the files spell them. Typed values
+    (JSON, Parquet) read as written: 1 and 1.0 as "1", true as "true", a null or NaN as
+    missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def parse_rows(
@@ -428,40 +448,52 @@ def parse_rows(
 
 
 def infer_labels(rows: SourceRows, task: TaskSpec, source: str) -> tuple[str, ...]:
-    """The classes of a training file: its distinct labels, sorted (numerically if all are
-    integers), so the same file always gives the same class ids."""
-    if task.label_column not in rows.columns:
+    """The classes of a training file: the distinct labels of its usable rows (both texts
+    present), sorted (numerically if all are integers), so the same file always gives the
+    same class ids."""
+    columns = [task.text_a, task.label_column] + ([task.text_b] if task.is_pair else [])
+    if any(c not in rows.columns for c in columns):
         return ()  # parse_rows names the missing column
     values = {
         _cell(record[task.label_column])
         for _, record in rows.records
-        if isinstance(record, dict) and task.label_column in record
+        if isinstance(record, dict) and all(c in record and _cell(record[c]) for c in columns)
     }
-    values.discard("")
     if len(values) < 2:
         raise PipelineError(
             f"{source}: labels {sorted(values)} in column {task.label_column!r}: a classifier needs at "
-            "least two classes in train (or declare them in labels)"
+            "least two classes among the training rows"
         )
-    numeric = all(re.fullmatch(r"[+-]?\d+", v) for v in values)
-    return tuple(sorted(values, key=int) if numeric else sorted(values))
+    if not all(re.fullmatch(r"[+-]?\d+", v) for v in values):
+        return tuple(sorted(values))
+    by_number: dict[int, str] = {}
+    for value in sorted(values):
+        if by_number.setdefault(int(value), value) != value:
+            raise PipelineError(
+                f"{source}: labels {by_number[int(value)]!r} and {value!r} are one number spelled two ways; "
+                "write every label the same way"
+            )
+    return tuple(by_number[n] for n in sorted(by_number))
 
 
-def declared_task(name: str) -> TaskSpec:
-    """The task as configure wrote it (data/params/<task>/task.json): what prepare reads."""
-    path = settings_file(name, "task")
+def declared_task(name: str, file: str = "source") -> TaskSpec:
+    """The task as configure wrote it (data/params/<task>/source.json: what prepare reads)."""
+    path = settings_file(name, file)
     if not path.exists():
         raise PipelineError(
             f"unknown task {name!r}: {path} not found; a task in tasks of params.yaml gets it "
             f"from: dvc repro configure@{name}"
         )
-    return TaskSpec.from_dict(read_json(path))
+    try:
+        return TaskSpec.from_dict(read_json(path))
+    except (KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: not a task declaration ({exc}); rerun: dvc repro configure@{name}") from None
 
 
 def load_task(name: str) -> TaskSpec:
-    """The declared task with its classes as prepare wrote them (`prepared_task`): what
-    every stage after prepare works with."""
-    return prepared_task(declared_task(name))
+    """The task as the stages after prepare see it (data/params/<task>/task.json), with its
+    classes as prepare wrote them (`prepared_task`)."""
+    return prepared_task(declared_task(name, "task"))
 
 
 def prepared_task(task: TaskSpec) -> TaskSpec:

@@ -9,10 +9,11 @@ at the top and per-task overrides in a subsection named after the task:
       mnli:
         lr: 5.0e-5
 
-`params.teacher.for_task("mnli")` gives the resolved values. In `dvc.yaml` a stage declares
-the shared keys one by one plus `teacher.${item}`, so changing `teacher.mnli.lr` reruns only
-`teacher@mnli` and what depends on it. `tests/test_dvc_yaml.py` checks those declarations
-against the fields below, so the two cannot drift apart.
+`params.teacher.for_task("mnli")` gives the resolved values. The subsection is optional. The
+`configure` stage declares these sections whole and writes each task's resolved values to
+`data/params/<task>/<section>.json`, which the other stages read (`load_settings`) and
+depend on, so changing `teacher.mnli.lr` reruns only `teacher@mnli` and what depends on it
+(pipeline/configure.py says why; `tests/test_dvc_yaml.py` checks the declarations).
 
 Unknown keys, wrong types and out-of-range values fail at load time with the dotted key.
 Types are strict: `epochs: "2"` is refused rather than read as 2 (a quoted number is a slip
@@ -43,7 +44,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class _PerTaskSection(_Section):
+class PerTaskSection(_Section):
     """A section whose values may be overridden per task by a subsection named after it.
 
     Stages read a task's resolved values from configure's file (`load_settings`), which is
@@ -72,13 +73,16 @@ class _PerTaskSection(_Section):
 
     @model_validator(mode="after")
     def _validate_overrides(self) -> Self:
-        for task in self.overrides:
+        for task, values in self.overrides.items():
+            unknown = [key for key in values if key not in self.shared_keys()]
+            if unknown:
+                raise _NestedError(f"{task}.{unknown[0]}: not a key of this section")
             self.for_task(task)
         return self
 
     @classmethod
     def shared_keys(cls) -> list[str]:
-        """Keys every task reads (what `dvc.yaml` declares one by one)."""
+        """The section's keys, each of which a task's subsection may override."""
         return [name for name in cls.model_fields if name != "overrides"]
 
     def for_task(self, task: str) -> Self:
@@ -104,7 +108,7 @@ class DataParams(_Section):
     max_text_chars: int = Field(10_000, ge=100)
 
 
-class TeacherParams(_PerTaskSection):
+class TeacherParams(PerTaskSection):
     """`teacher`: BERT fine-tuning (METHOD.md §0.8)."""
 
     SECTION = "teacher"
@@ -122,7 +126,7 @@ class TeacherParams(_PerTaskSection):
     length_group_batches: int = Field(50, ge=1)  # batches per length-sorted group; 1: random
 
 
-class AugmentParams(_PerTaskSection):
+class AugmentParams(PerTaskSection):
     """`augment`: the paper's rules (METHOD.md §0.3, §1.4-1.5)."""
 
     SECTION = "augment"
@@ -152,7 +156,7 @@ class LabelParams(_Section):
     chunk_rows: int = Field(65536, ge=1)  # rows per resumable chunk
 
 
-class StudentParams(_PerTaskSection):
+class StudentParams(PerTaskSection):
     """`student`: BiLSTM / siamese BiLSTM students (METHOD.md §0.2, §0.6, §0.7)."""
 
     SECTION = "student"
@@ -217,8 +221,23 @@ class DatasetParams(_Section):
     title: str | None = None  # how the report names the task (default: its name)
     description: str = ""  # where the data comes from, printed in the report
 
+    @model_validator(mode="before")
+    @classmethod
+    def _labels_as_text(cls, data: Any) -> Any:
+        """`labels: [0, 1]` means the classes spelled 0 and 1: labels compare as the files'
+        text, so integers are taken as their digits."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("labels"), list):
+                data["labels"] = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in data["labels"]]
+            if isinstance(data.get("positive_label"), int) and not isinstance(data["positive_label"], bool):
+                data["positive_label"] = str(data["positive_label"])
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"metrics: {self.metrics} names a metric twice")
         if self.labels != "infer" and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels: {self.labels} names a class twice")
         if self.labels != "infer" and len(self.labels) < 2:
@@ -300,11 +319,14 @@ class Params(_Section):
                 raise ValueError(
                     f"datasets.{name}: the name of a built-in GLUE task; give your dataset another name"
                 )
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name) or name.endswith("_speed"):
                 raise ValueError(
-                    f"datasets.{name}: task names are lowercase letters, digits and _ "
-                    "(they name stages and paths)"
+                    f"datasets.{name}: task names are lowercase letters, digits and _, not ending "
+                    "in _speed (they name stages and paths)"
                 )
+            clashes = [s for s in self.PER_TASK_SECTIONS if name in (*getattr(self, s).shared_keys(), "overrides")]
+            if clashes:
+                raise ValueError(f"datasets.{name}: the name of a key of {clashes[0]}; give your dataset another name")
         for kind, names in (("glue", self.glue), ("tasks", self.tasks)):
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
@@ -340,16 +362,26 @@ class Params(_Section):
         )
 
 
-S = TypeVar("S", bound=_PerTaskSection)
+S = TypeVar("S", bound=PerTaskSection)
 
 
-def load_settings(section: type[S], task: str) -> S:
-    """A task's resolved `section`, as configure wrote it (data/params/<task>/<section>.json)."""
+def load_settings(section: type[S], task: str, params_path: Path | str = DEFAULT_PARAMS_FILE) -> S:
+    """A task's resolved `section`, as configure wrote it (data/params/<task>/<section>.json).
+
+    The file is what the stage depends on; it must also be what params.yaml says now, or a
+    stage run by hand after an edit would train with the old values.
+    """
     path = paths.settings_file(task, section.SECTION)
+    rerun = f"rerun: dvc repro configure@{task}"
     try:
-        return section.model_validate(read_json(path))
+        settings = section.model_validate(read_json(path))
     except ValidationError as exc:
-        raise PipelineError(f"{path}: {_first_error(exc)} (rerun: dvc repro configure@{task})") from None
+        raise PipelineError(f"{path}: {_first_error(exc)} ({rerun})") from None
+    current = getattr(load_params(params_path), section.SECTION).for_task(task)
+    if settings != current:
+        changed = sorted(k for k, v in current.model_dump().items() if settings.model_dump()[k] != v)
+        raise PipelineError(f"{path}: {', '.join(changed)} differ from {params_path} ({rerun})")
+    return settings
 
 
 class _NestedError(ValueError):

@@ -83,15 +83,34 @@ def _describe(bad_lines: list[tuple[int, str]]) -> str:
     return "; ".join(f"line {n}: {why}" for n, why in bad_lines[:BAD_LINES_SHOWN])
 
 
-def check_classes_in_train(task: TaskSpec, train: PreparedSplit, source: str) -> None:
+def check_classes_in_train(task: TaskSpec, train: PreparedSplit, source: str, max_rows: int | None) -> None:
     """Every class must have training rows: a student cannot learn one it never sees."""
-    seen = set(train.table.column("label").to_pylist()) if train.table.num_rows else set()
+    seen = set(train.table.column("label").to_pylist())
     absent = [name for i, name in enumerate(task.label_names) if i not in seen]
-    if absent:
-        where = f"datasets.{task.name}.labels" if not task.builtin else "the task's classes"
+    if not absent:
+        return
+    if max_rows is not None and train.table.num_rows == max_rows:
+        fix = f"data.max_train_rows={max_rows} keeps too few rows; raise it or shuffle the file"
+    elif task.builtin:
+        fix = f"is this the GLUE {task.source_dir} train file?"
+    else:
+        fix = f"add rows of every class to train, or drop the class from datasets.{task.name}.labels"
+    raise PipelineError(f"{source}: no training row of class(es) {', '.join(map(repr, absent))}; {fix}")
+
+
+def check_f1_class(task: TaskSpec) -> None:
+    """`f1` scores one class, which must be a class of the task (inferred ones included)."""
+    if "f1" not in task.metrics:
+        return
+    if task.positive_label is not None and task.positive_label not in task.label_names:
         raise PipelineError(
-            f"{source}: no training row of class(es) {', '.join(map(repr, absent))} of {where}; "
-            "add rows of every class to train (or drop the class from labels)"
+            f"datasets.{task.name}.positive_label: {task.positive_label!r} is not one of the classes "
+            f"{list(task.label_names)}"
+        )
+    if task.positive_label is None and task.num_labels > 2:
+        raise PipelineError(
+            f"datasets.{task.name}.metrics: f1 scores one class of {list(task.label_names)}; "
+            "name it in positive_label (or use macro_f1)"
         )
 
 
@@ -180,10 +199,11 @@ def main(task_name: str, params_path: Path) -> None:
             if split.name == "train" and task.infers_labels:
                 task = task.with_labels(infer_labels(rows, task, str(path)))
                 log.info("%s: classes inferred from train, in class-id order: %s", task.name, task.label_names)
+                check_f1_class(task)
             limit = data.max_train_rows if split.name == "train" else data.max_eval_rows
             result = prepare_split(rows, task, split, str(path), limit, data.max_bad_fraction, data.max_text_chars)
             if split.name == "train":
-                check_classes_in_train(task, result, str(path))
+                check_classes_in_train(task, result, str(path), limit)
             if result.bad_lines:
                 log.warning(
                     "%s: skipped %d malformed row(s): %s",

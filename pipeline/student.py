@@ -320,7 +320,7 @@ def main(task_name: str, variant: str, params_path: Path) -> None:
         known = ", ".join(paths.STUDENT_VARIANTS)
         raise PipelineError(f"unknown student variant {variant!r}: use one of {known}")
     task = load_task(task_name)
-    params = load_settings(StudentParams, task.name)
+    params = load_settings(StudentParams, task.name, params_path)
     vectors_dim(params.vectors, params.random_dim)  # a bad vectors file fails before any work
     corpus_path = paths.augmented(task.name)
     corpus = read_table(corpus_path, AUGMENTED_SCHEMA)

@@ -23,11 +23,9 @@ from typing import Any, ClassVar, Literal
 from pipeline.errors import PipelineError
 
 Metric = Literal["accuracy", "f1", "macro_f1", "matthews"]
-METRICS: tuple[str, ...] = Metric.__args__
-# How a split file is read: the GLUE TSVs split on tabs with no quoting (their text holds
-# literal quotes, DESIGN.md §7); the others are read by their standard readers.
-Format = Literal["glue-tsv", "tsv", "csv", "jsonl", "parquet"]
-FORMATS: tuple[str, ...] = Format.__args__
+# How a split file is read: TSV split on tabs with no quoting, as GLUE's (its text holds
+# literal quotes, DESIGN.md §7); CSV with standard quoting; one JSON object per line; Parquet.
+Format = Literal["tsv", "csv", "jsonl", "parquet"]
 EXTENSION_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 Column = str | int  # a column name, or its 0-based position in a file without a header row
 
@@ -66,7 +64,7 @@ class TaskSpec:
     splits: tuple[SplitSpec, ...]
     metrics: tuple[Metric, ...]  # the first, on the first eval split, selects the best epoch
     positive_label: str | None = None  # the class `f1` scores; None: class 1 (QQP's duplicate)
-    format: Format | None = "glue-tsv"  # None: from each file's extension
+    format: Format | None = "tsv"  # None: from each file's extension
     header: bool = True  # False: columns are positions (CoLA's train and dev files)
     builtin: bool = True
     archive: str | None = None  # zip name of the official GLUE distribution (None: no download)
@@ -117,19 +115,24 @@ class TaskSpec:
         except ValueError:
             return None
 
-    # What only the report reads: left out of `to_dict`, so correcting a published number
-    # or a description reruns the report, not the task's chain.
+    # What only the report reads, and what only prepare reads (where the files are and how
+    # to read them). configure writes the task twice: `source.json` for prepare, with the
+    # source fields, and `task.json` for the stages after it, without: converting a CSV to
+    # Parquet or moving the raw directory gives the same prepared data and reruns no model.
     REPORT_FIELDS: ClassVar[tuple[str, ...]] = ("title", "description", "official_rows", "published", "source_notes")
+    SOURCE_FIELDS: ClassVar[tuple[str, ...]] = ("source_dir", "format", "header", "archive", "archive_sha256", "hub_config")
 
-    def to_dict(self) -> dict[str, Any]:
-        """What the stages read of the task (configure writes it to task.json)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.REPORT_FIELDS}
+    def to_dict(self, with_source: bool) -> dict[str, Any]:
+        """What the stages read of the task: prepare (`with_source`), or those after it."""
+        dropped = self.REPORT_FIELDS + ((), self.SOURCE_FIELDS)[not with_source]
+        return {k: v for k, v in asdict(self).items() if k not in dropped}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
-        """The inverse of `to_dict` (the report fields get their defaults; title the name)."""
+        """The inverse of `to_dict` (fields it leaves out get their defaults; title the name)."""
         return cls(
             **{
+                "source_dir": "",
                 **data,
                 "title": data["name"],
                 "label_names": tuple(data["label_names"]),

@@ -514,7 +514,7 @@ def save_teacher(
 def main(task_name: str, params_path: Path) -> None:
     """`python -m pipeline teacher --task T` (also under `torchrun --nproc_per_node N`)."""
     task = load_task(task_name)
-    params = load_settings(TeacherParams, task.name)
+    params = load_settings(TeacherParams, task.name, params_path)
     checkpoint = check_checkpoint(params.model, task)
     train_table = read_table(paths.prepared_split(task.name, "train"), SPLIT_SCHEMA)
     eval_tables = [

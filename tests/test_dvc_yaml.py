@@ -37,7 +37,7 @@ import yaml
 
 from pipeline import paths
 from pipeline.cli import app
-from pipeline.params import DatasetParams, Params, _PerTaskSection, parse_params
+from pipeline.params import DatasetParams, Params, PerTaskSection, parse_params
 from pipeline.tasks import TASKS, TaskSpec, get_task
 
 from smoke_profile import SMOKE_ARGS, overrides, smoke_args, with_overrides
@@ -191,7 +191,7 @@ def settings_loaded(source: str) -> set[str]:
     sections = {
         cls.__name__: name
         for name in Params.model_fields
-        if isinstance(cls := Params.model_fields[name].annotation, type) and issubclass(cls, _PerTaskSection)
+        if isinstance(cls := Params.model_fields[name].annotation, type) and issubclass(cls, PerTaskSection)
     }
     return {
         sections[node.args[0].id]
@@ -249,10 +249,9 @@ def paths_used(source: str) -> set[PathUse]:
 
 
 # What the helpers that stage modules call read (pipeline/io.py), as uses of pipeline.paths.
-_TASK_FILE = PathUse("settings_file", (("name", "task"),))
 HELPER_PATHS = {
-    "declared_task": (_TASK_FILE,),
-    "load_task": (_TASK_FILE, PathUse("prepared_split", (("split", "train"),))),
+    "declared_task": (PathUse("settings_file", (("name", "source"),)),),
+    "load_task": (PathUse("settings_file", (("name", "task"),)), PathUse("prepared_split", (("split", "train"),))),
 }
 
 
@@ -270,7 +269,7 @@ def path_values(use: PathUse, item: dict[str, str]) -> Iterator[Path]:
     variants = [item["variant"]] if "variant" in item else list(paths.STUDENT_VARIANTS)
     for task in [item["task"]] if "task" in item else RUN_TASKS:
         choices = {"task": [task], "split": [s.name for s in task_spec(task).splits], "variant": variants}
-        choices["name"] = ["task", *Params.PER_TASK_SECTIONS]  # paths.settings_file
+        choices["name"] = ["source", "task", *Params.PER_TASK_SECTIONS]  # paths.settings_file
         choices |= {argument: [value] for argument, value in use.literals}
         arg_names = inspect.signature(member).parameters
         for combo in itertools.product(*(choices[a] for a in arg_names)):
@@ -318,7 +317,7 @@ def test_every_section_a_task_can_override_is_resolved_by_configure():
     per_task = {
         name
         for name, info in Params.model_fields.items()
-        if isinstance(info.annotation, type) and issubclass(info.annotation, _PerTaskSection)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, PerTaskSection)
     }
     assert per_task == set(Params.PER_TASK_SECTIONS)
 
@@ -497,7 +496,7 @@ def test_smoke_profile_is_valid_and_wins_for_every_task():
         if not rest:  # a top-level key such as `tasks`
             assert values == value, key
             continue
-        if isinstance(values, _PerTaskSection):
+        if isinstance(values, PerTaskSection):
             tasks = [rest.pop(0)] if rest[0] in TASKS else params.tasks
             resolved = [values.for_task(t) for t in tasks]
         else:

@@ -118,7 +118,6 @@ def bob_on_alices_cache(origin: Origin, tmp_path_factory: pytest.TempPathFactory
         ("label.batch_tokens", 4096, for_tasks(["label@{task}"])),
         ("export.int8", False, for_tasks(EXPORTS)),
         ("evaluate.latency_repeats", 5, for_tasks(["evaluate@{task}"])),
-        ("data.max_text_chars", 5000, set()),  # read by prepare alone, which always runs
     ],
 )
 def test_a_param_change_marks_exactly_the_stages_that_read_it(

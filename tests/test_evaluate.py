@@ -253,7 +253,13 @@ def _write_split(root: Path, task, split: str, text_a, text_b, labels):
         {"idx": list(range(len(text_a))), "text_a": text_a, "text_b": text_b, "label": labels},
         schema=SPLIT_SCHEMA,
     )
-    meta = {"task": task.name, "split": split, "source_rows": len(text_a) + 1, "skipped_rows": 1}
+    meta = {
+        "task": task.name,
+        "split": split,
+        "source_file": f"{task.source_dir}/{task.split(split).file}",
+        "source_rows": len(text_a) + 1,
+        "skipped_rows": 1,
+    }
     write_table(table, root / paths.prepared_split(task.name, split), meta)
 
 

@@ -480,7 +480,7 @@ def test_a_jsonl_pair_dataset_skips_bad_lines_and_reports_them(workdir, caplog):
         (
             {"train.csv": "id,body,queue\n1,a,billing\n2,b,bug\n", "dev.csv": "id,body,queue\n1,x,bug\n"},
             {},
-            r"train.csv: no training row of class\(es\) 'feature' of datasets.tickets.labels",
+            r"train.csv: no training row of class\(es\) 'feature'; add rows of every class to train, or drop the class from datasets.tickets.labels$",
         ),
         (
             {"train.csv": TICKETS_TRAIN, "dev.csv": "id,body,queue\n"},
@@ -523,11 +523,20 @@ def test_bad_data_fails_in_one_line_before_anything_is_written(workdir, files, d
         ({"tickets": {**TICKETS, "positive_label": "spam"}}, "positive_label: 'spam' is not one of labels"),
         ({"tickets": {**TICKETS, "format": "xlsx"}}, "datasets.tickets.format: Input should be"),
         ({"tickets": {k: v for k, v in TICKETS.items() if k != "label"}}, "datasets.tickets.label: Field required"),
+        ({"x_speed": TICKETS}, "datasets.x_speed: task names are lowercase letters, digits and _, not ending in _speed"),
+        ({"model": TICKETS}, "datasets.model: the name of a key of teacher"),
+        ({"tickets": {**TICKETS, "metrics": ["accuracy", "accuracy"]}}, "names a metric twice"),
     ],
 )
 def test_bad_declarations_fail_at_load(datasets, message):
     with pytest.raises(PipelineError, match=message):
         parse_params({"tasks": list(datasets), "glue": [], "datasets": datasets})
+
+
+def test_integer_classes_may_be_written_unquoted():
+    spec = {**TICKETS, "labels": [0, 1], "metrics": ["f1"], "positive_label": 0}
+    task = parse_params({"tasks": ["t"], "glue": [], "datasets": {"t": spec}}).task("t")
+    assert (task.label_names, task.positive_class) == (("0", "1"), 0)
 
 
 # --------------------------------------------------------------------------- the other GLUE tasks
@@ -563,3 +572,55 @@ def test_the_other_glue_tasks_read_their_official_layout(workdir, task):
     rows = prepared_rows(task, "train")
     assert [(r["text_a"], r["text_b"], r["label"]) for r in rows] == expected
     assert read_metadata(paths.prepared_split(task, "dev"))["label_names"] == list(get_task(task).label_names)
+
+
+def test_typed_and_unusual_values_read_as_written(workdir):
+    """Parquet floats and booleans read as written (1.0 is "1"); a JSON string may hold a
+    Unicode line break; a TSV of your own is read like GLUE's, quotes and all."""
+    rows = [{"t": 'a "quoted" one', "y": 1.0}, {"t": "b", "y": 0.0}, {"t": "c", "y": None}]
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "train.parquet")
+    jsonl = json.dumps({"t": "line\u2028break", "y": 1}) + "\n" + json.dumps({"t": "other", "y": 0}) + "\n"
+    tsv = 't\ty\n"quoted" start\t1\nplain\t0\n'
+    params = write_dataset(
+        workdir,
+        {"train.parquet": (workdir / "train.parquet").read_bytes(), "dev.jsonl": jsonl, "test.tsv": tsv},
+        name="typed", train="train.parquet", dev="dev.jsonl", test="test.tsv", text="t", label="y",
+        labels="infer", data={"max_bad_fraction": 0.5},
+    )
+    prepare_main("typed", params)
+    assert read_metadata(paths.prepared_split("typed", "train"))["label_names"] == ["0", "1"]
+    assert [r["label"] for r in prepared_rows("typed", "train")] == [1, 0]  # the null label: skipped
+    assert prepared_rows("typed", "dev")[0]["text_a"] == "line\u2028break"
+    assert prepared_rows("typed", "test")[0]["text_a"] == '"quoted" start'
+
+
+@pytest.mark.parametrize(
+    ("files", "declaration", "message"),
+    [
+        ({"train.csv": "body,body,queue\nx,y,bug\n", "dev.csv": "body,queue\nx,bug\n"}, {},
+         "column 'body' is named twice in the header"),
+        ({"train.csv": "body,queue\na,1\nb,01\n", "dev.csv": "body,queue\nx,1\n"}, {"labels": "infer"},
+         "labels '01' and '1' are one number spelled two ways"),
+        ({"train.csv": "body,queue\na,x\nb,y\n", "dev.csv": "body,queue\nx,x\n"},
+         {"labels": "infer", "metrics": ["f1"], "positive_label": "z"},
+         r"datasets.tickets.positive_label: 'z' is not one of the classes \['x', 'y'\]"),
+        ({"train.csv": "body,queue\na,x\nb,y\nc,z\n", "dev.csv": "body,queue\nx,x\n"},
+         {"labels": "infer", "metrics": ["f1"]}, "f1 scores one class of"),
+        ({"train.csv": "body,queue\na,x\n,y\n", "dev.csv": "body,queue\nx,x\n"}, {"labels": "infer"},
+         r"labels \['x'\] in column 'queue': a classifier needs at least two classes"),  # y's row is unusable
+    ],
+    ids=["repeated-column", "two-spellings", "positive-label", "f1-of-what", "one-usable-class"],
+)
+def test_inferred_classes_are_checked_before_anything_is_written(workdir, files, declaration, message):
+    params = write_dataset(workdir, files, **declaration)
+    with pytest.raises(PipelineError, match=message):
+        prepare_main("tickets", params)
+    assert not paths.prepared_dir("tickets").exists()
+
+
+def test_a_class_lost_to_max_train_rows_names_the_setting(workdir):
+    train = "id,body,queue\n" + "".join(f"{i},text {i},{'bug' if i < 5 else 'billing'}\n" for i in range(10))
+    params = write_dataset(workdir, {"train.csv": train, "dev.csv": "id,body,queue\n1,x,bug\n"},
+                           labels=["billing", "bug"], data={"max_train_rows": 5})
+    with pytest.raises(PipelineError, match="no training row of class.*'billing'; data.max_train_rows=5 keeps too few"):
+        prepare_main("tickets", params)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.params import Params, load_params, parse_params
+from pipeline.params import Params, TeacherParams, load_params, load_settings, parse_params
 from pipeline.tasks import TASKS, TaskSpec, get_task
+from project import configured
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +76,8 @@ def test_every_section_default_matches_params_yaml():
         ({"tasks": ["sst2", "x"], "glue": ["sst2", "x"]}, "glue: 'x' is not a built-in task"),
         ({"tasks": ["sst2"], "teacher": {"nope": {"lr": 1.0}}}, "teacher.nope: neither a key of teacher nor a task"),
         ({"tasks": ["sst2"], "teacher": {"nope": 1}}, "teacher.nope: not a key of this section"),
+        ({"tasks": ["sst2"], "teacher": {"sst2": {"lrr": 1}}}, "teacher.sst2.lrr: not a key of this section"),
+        ({"tasks": ["sst2"], "teacher": {"sst2": {"sst2": {"lr": 1}}}}, "teacher.sst2.sst2: not a key of this section"),
         ({"tasks": []}, "tasks: List should have at least 1 item"),
         ({"tasks": ["sst2"], "teacher": {"lrr": 1}}, "teacher.lrr: not a key of this section"),
         ({"tasks": ["sst2"], "teacher": {"lr": "fast"}}, "teacher.lr: Input should be a valid number"),
@@ -164,6 +168,23 @@ def test_every_built_in_task_is_consistent():
         assert task.train_split.labelled and task.eval_splits, task.name
         assert set(task.official_rows) <= {s.name for s in task.splits}, task.name
         assert (task.archive is None) == (task.archive_sha256 is None), task.name
-        assert TaskSpec.from_dict(task.to_dict()) == dataclasses.replace(
+        for_model_stages = dataclasses.replace(
             task, title=task.name, description="", official_rows={}, published=(), source_notes={}
         )
+        assert TaskSpec.from_dict(json.loads(json.dumps(task.to_dict(with_source=True)))) == for_model_stages
+        assert TaskSpec.from_dict(task.to_dict(with_source=False)) == dataclasses.replace(
+            for_model_stages, source_dir="", format="tsv", header=True, archive=None, archive_sha256=None, hub_config=""
+        )
+
+
+def test_a_stage_refuses_settings_params_yaml_no_longer_gives(tmp_path, monkeypatch):
+    """Run by hand after an edit, a stage would otherwise train with configure's old values."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["sst2"], "teacher": {"sst2": {"lr": 3.0e-5}}}))
+    configured(path)
+    assert load_settings(TeacherParams, "sst2", path).lr == 3.0e-5
+    path.write_text(yaml.safe_dump({"tasks": ["sst2"], "teacher": {"sst2": {"lr": 5.0e-5}}}))
+    with pytest.raises(PipelineError, match=r"data/params/sst2/teacher.json: lr differ from .*params.yaml "
+                                            r"\(rerun: dvc repro configure@sst2\)"):
+        load_settings(TeacherParams, "sst2", path)

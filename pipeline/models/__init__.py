@@ -147,8 +147,14 @@ def save_student(directory: Path, config: StudentConfig, vocab: Vocab, model: nn
     save_file(state, directory / WEIGHTS_FILE)
 
 
-def load_student(path: Path | str, device: torch.device | str = "cpu") -> Student:
-    """Load a student directory written by the student stage; needs no params.yaml."""
+def load_student(
+    path: Path | str, device: torch.device | str = "cpu", label_names: tuple[str, ...] | None = None
+) -> Student:
+    """Load a student directory written by the student stage; needs no params.yaml.
+
+    `label_names`: the task's classes, when the caller knows them; a student trained for
+    other classes (a stale directory) is refused.
+    """
     path = Path(path)
     if not path.is_dir():
         raise PipelineError(f"{path}: student directory not found (train it: dvc repro student)")
@@ -161,6 +167,11 @@ def load_student(path: Path | str, device: torch.device | str = "cpu") -> Studen
             f"{path / CONFIG_FILE}: unsupported format (expected format_version {FORMAT_VERSION})"
         )
     config = StudentConfig(**{**raw, "label_names": tuple(raw["label_names"])})
+    if label_names is not None and config.label_names != label_names:
+        raise PipelineError(
+            f"{path}: classes {list(config.label_names)} differ from task {config.task}'s "
+            f"{list(label_names)} (retrain: dvc repro student)"
+        )
     vocab = Vocab(tuple(json.loads((path / VOCAB_FILE).read_text())), config.mask_policy)
     if len(vocab) != config.vocab_size + config.backoff_size:
         raise PipelineError(

@@ -48,7 +48,7 @@ def test_project_params_load():
     assert params.teacher.for_task("mnli").epochs == 2
     assert params.teacher.for_task("sst2").lr == 2e-5
     assert params.teacher.for_task("sst2").epochs == 3
-    assert params.augment.for_task("qqp").n_iter == 10
+    assert params.augment.for_task("qqp").n_iter == 20
     assert params.augment.for_task("mnli").n_iter == 4
     assert params.augment.for_task("sst2").n_iter == 20
     assert params.student.for_task("qqp").batch_size == 50

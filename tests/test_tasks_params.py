@@ -52,6 +52,9 @@ def test_project_params_load():
     assert params.augment.for_task("mnli").n_iter == 4
     assert params.augment.for_task("sst2").n_iter == 20
     assert params.student.for_task("qqp").batch_size == 50
+    assert params.student.for_task("qqp").mask_policy == "dedicated"
+    assert params.student.for_task("qqp").epochs == 5
+    assert params.student.for_task("sst2").mask_policy == "unk"
     assert params.student.for_task("mnli").epochs == 4
     assert params.student.for_task("mnli").baseline_epochs == 10
     assert params.student.for_task("sst2").epochs == 3

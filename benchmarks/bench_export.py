@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import paths  # noqa: E402
 from pipeline.bert import load_teacher  # noqa: E402
 from pipeline.evaluate import TeacherClassifier  # noqa: E402
-from pipeline.export import TimedExport  # noqa: E402
+from pipeline.speed import TimedExport  # noqa: E402
 from pipeline.io import SPLIT_SCHEMA, parse_glue_tsv, read_table  # noqa: E402
 from pipeline.models import load_student  # noqa: E402
 from pipeline.serve import export_sizes, load_export  # noqa: E402

@@ -42,12 +42,11 @@ from pipeline import paths
 from pipeline.bert import load_teacher
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
-from pipeline.export import TimedExport
 from pipeline.io import SPLIT_SCHEMA, load_task, read_metadata, read_table, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import compute_metrics
 from pipeline.params import EvaluateParams, load_params
-from pipeline.speed import Timeable, environment, measure_latency, measure_throughput
+from pipeline.speed import TimedExport, Timeable, environment, measure_latency, measure_throughput
 from pipeline.tasks import SplitSpec, TaskSpec
 from pipeline.serve import ExportedStudent
 from pipeline.text import normalize

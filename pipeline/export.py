@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,6 @@ from pipeline.serve import (
     INT8_FILE,
     MANIFEST_FILE,
     VOCAB_FILE,
-    ExportedStudent,
     session,
 )
 from pipeline.tasks import TaskSpec
@@ -277,22 +275,6 @@ def export_student(
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-class TimedExport:
-    """An export as `pipeline.speed` times a model: `encode` takes RAW text (it tokenises,
-    the PyTorch models' `encode` takes canonical text), `forward` is the ONNX model alone."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, export: ExportedStudent) -> None:
-        self.export = export
-
-    def encode(self, text_a: Sequence[str], text_b: Sequence[str] | None) -> dict[str, np.ndarray]:
-        return self.export.encode(text_a, text_b)
-
-    def forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.export.run(inputs)
 
 
 # --------------------------------------------------------------------------- command

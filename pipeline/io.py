@@ -60,6 +60,40 @@ def logits_schema(num_labels: int) -> pa.Schema:
     return pa.schema([("idx", pa.int64()), ("logits", pa.list_(pa.float32(), num_labels))])
 
 
+def check_logits_match(
+    logits_path: Path | str, corpus_path: Path | str, task: TaskSpec
+) -> dict[str, Any]:
+    """Refuse a logits file that was not computed for this corpus and task; return its metadata.
+
+    Consumers (the student stage) call this before joining logits to corpus rows by `idx`;
+    it lives here, with the schema, so that no stage module imports another.
+    """
+    logits_path, corpus_path = Path(logits_path), Path(corpus_path)
+    rerun = f"rerun: dvc repro label@{task.name}"
+    if not logits_path.is_file():
+        raise PipelineError(f"{logits_path}: file not found ({rerun})")
+    meta = read_metadata(logits_path)
+    if meta.get("task") != task.name or meta.get("num_labels") != task.num_labels:
+        raise PipelineError(
+            f"{logits_path}: logits are for task {meta.get('task')} with {meta.get('num_labels')} "
+            f"labels, not {task.name} with {task.num_labels} ({rerun})"
+        )
+    check_schema(pq.read_schema(logits_path), logits_schema(task.num_labels), logits_path)
+    if meta.get("corpus_sha256") != file_sha256(corpus_path):
+        raise PipelineError(
+            f"{logits_path}: computed for another version of {corpus_path} "
+            f"(corpus hash differs; {rerun})"
+        )
+    rows = pq.ParquetFile(logits_path).metadata.num_rows
+    corpus_rows = pq.ParquetFile(corpus_path).metadata.num_rows
+    if not rows == meta.get("rows") == corpus_rows:
+        raise PipelineError(
+            f"{logits_path}: {rows} rows (metadata says {meta.get('rows')}) but "
+            f"{corpus_path} has {corpus_rows} ({rerun})"
+        )
+    return meta
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 

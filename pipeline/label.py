@@ -26,7 +26,7 @@ How rows flow, and why:
 On GPU: SDPA attention, bf16/fp16 autocast with float32 logits out, pinned host batches
 copied with `non_blocking`, and a background thread padding the next batches while the GPU
 runs the current one. Consumers check a logits file against their corpus with
-`check_logits_match`.
+`pipeline.io.check_logits_match`.
 
 Multi-GPU: `torchrun --nproc_per_node 8 -m pipeline label --task sst2`.
 """
@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -61,12 +60,10 @@ from pipeline.errors import PipelineError
 from pipeline.io import (
     AUGMENTED_SCHEMA,
     atomic_path,
-    check_schema,
     dir_sha256,
     file_sha256,
     logits_schema,
     load_task,
-    read_metadata,
     read_table,
     write_json,
     write_table,
@@ -518,39 +515,6 @@ def write_logits(
         schema=logits_schema(num_labels),
     )
     write_table(table, out_path, metadata)
-
-
-def check_logits_match(
-    logits_path: Path | str, corpus_path: Path | str, task: TaskSpec
-) -> dict[str, Any]:
-    """Refuse a logits file that was not computed for this corpus and task; return its metadata.
-
-    Consumers (the student stage) call this before joining logits to corpus rows by `idx`.
-    """
-    logits_path, corpus_path = Path(logits_path), Path(corpus_path)
-    rerun = f"rerun: dvc repro label@{task.name}"
-    if not logits_path.is_file():
-        raise PipelineError(f"{logits_path}: file not found ({rerun})")
-    meta = read_metadata(logits_path)
-    if meta.get("task") != task.name or meta.get("num_labels") != task.num_labels:
-        raise PipelineError(
-            f"{logits_path}: logits are for task {meta.get('task')} with {meta.get('num_labels')} "
-            f"labels, not {task.name} with {task.num_labels} ({rerun})"
-        )
-    check_schema(pq.read_schema(logits_path), logits_schema(task.num_labels), logits_path)
-    if meta.get("corpus_sha256") != file_sha256(corpus_path):
-        raise PipelineError(
-            f"{logits_path}: computed for another version of {corpus_path} "
-            f"(corpus hash differs; {rerun})"
-        )
-    rows = pq.ParquetFile(logits_path).metadata.num_rows
-    corpus_rows = pq.ParquetFile(corpus_path).metadata.num_rows
-    if not rows == meta.get("rows") == corpus_rows:
-        raise PipelineError(
-            f"{logits_path}: {rows} rows (metadata says {meta.get('rows')}) but "
-            f"{corpus_path} has {corpus_rows} ({rerun})"
-        )
-    return meta
 
 
 def main(task_name: str, params_path: Path) -> None:

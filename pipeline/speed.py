@@ -20,10 +20,13 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the export runtime (onnxruntime) loads only where exports are timed
+    from pipeline.serve import ExportedStudent
 
 Clock = Callable[[], float]
 
@@ -38,6 +41,22 @@ class Timeable(Protocol):
 
     def forward(self, inputs: Any) -> Any:
         """Run the model on encoded inputs and return its logits."""
+
+
+class TimedExport:
+    """An export (`pipeline.serve.ExportedStudent`) as this harness times a model: `encode` takes RAW text (it tokenises,
+    the PyTorch models' `encode` takes canonical text), `forward` is the ONNX model alone."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, export: ExportedStudent) -> None:
+        self.export = export
+
+    def encode(self, text_a: Sequence[str], text_b: Sequence[str] | None) -> dict[str, np.ndarray]:
+        return self.export.encode(text_a, text_b)
+
+    def forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.export.run(inputs)
 
 
 def synchronize(device: torch.device) -> None:

@@ -40,13 +40,13 @@ from pipeline.io import (
     AUGMENTED_SCHEMA,
     SPLIT_SCHEMA,
     atomic_path,
+    check_logits_match,
     file_sha256,
     logits_schema,
     load_task,
     read_table,
     write_json,
 )
-from pipeline.label import check_logits_match
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import compute_metrics, primary_metric
 from pipeline.models import (
@@ -133,7 +133,7 @@ def _text_columns(table: pa.Table, task: TaskSpec) -> tuple[pa.Array, pa.Array |
 def join_logits(corpus: pa.Table, logits: pa.Table, task: TaskSpec, source: Path) -> np.ndarray:
     """Teacher logits [rows, K] float32 in corpus row order, joined on `idx`.
 
-    `label.check_logits_match` has already tied the file to this corpus (hash, task, row
+    `pipeline.io.check_logits_match` has already tied the file to this corpus (hash, task, row
     count); an `idx` without a logits row still fails here, before training.
     """
     corpus_idx = corpus.column("idx").to_numpy()

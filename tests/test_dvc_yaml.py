@@ -418,6 +418,16 @@ def stage_code(stage: Stage) -> set[Path]:
     return seen
 
 
+def test_no_stage_module_imports_another():
+    """What two stages share lives in a shared module (io, speed, models, ...): a stage that
+    imported another would rerun whenever that other stage's code changed, and a reader
+    following one stage would land in a second."""
+    stage_modules = {s.module for s in STAGES}
+    for module in stage_modules:
+        others = imported_modules(module) & (stage_modules - {module})
+        assert not others, f"{module.name} imports {sorted(m.name for m in others)}"
+
+
 def test_code_deps_cover_the_code_only_their_stage_runs():
     """Code one stage alone runs is part of it (a change must rerun it); shared modules (io,
     text, params, ...) are not declared, or a typo fix there would rerun every teacher."""

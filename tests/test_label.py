@@ -20,6 +20,7 @@ from pipeline.bert import load_teacher
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 from pipeline.io import (
+    check_logits_match,
     AUGMENTED_SCHEMA,
     dir_sha256,
     file_sha256,
@@ -232,7 +233,7 @@ def test_scratch_from_another_corpus_is_never_reused(project, count_infer):
     count_infer.update(n=0, fail_at=None)
     label.main("sst2", PARAMS)
     recomputed = count_infer["n"]
-    label.check_logits_match(paths.logits("sst2"), paths.augmented("sst2"), get_task("sst2"))
+    check_logits_match(paths.logits("sst2"), paths.augmented("sst2"), get_task("sst2"))
     paths.logits("sst2").unlink()
     count_infer.update(n=0)
     label.main("sst2", PARAMS)
@@ -262,20 +263,20 @@ def test_metadata_names_teacher_corpus_and_params(project):
     assert meta["rows"] == pq.read_metadata(paths.augmented("mnli")).num_rows
     assert meta["params"] == LABEL_PARAMS
     assert (meta["dtype"], meta["device"]) == ("float32", "cpu")
-    assert label.check_logits_match(out, paths.augmented("mnli"), get_task("mnli")) == meta
+    assert check_logits_match(out, paths.augmented("mnli"), get_task("mnli")) == meta
 
 
 def test_consumers_refuse_logits_of_another_corpus_or_task(project):
     label.main("sst2", PARAMS)
     logits, corpus = paths.logits("sst2"), paths.augmented("sst2")
     with pytest.raises(PipelineError, match="not mnli with 3"):
-        label.check_logits_match(logits, corpus, get_task("mnli"))
+        check_logits_match(logits, corpus, get_task("mnli"))
     write_table(pq.read_table(corpus).slice(1), corpus)
     with pytest.raises(PipelineError, match="corpus hash differs"):
-        label.check_logits_match(logits, corpus, get_task("sst2"))
+        check_logits_match(logits, corpus, get_task("sst2"))
     logits.unlink()
     with pytest.raises(PipelineError, match="dvc repro label@sst2"):
-        label.check_logits_match(logits, corpus, get_task("sst2"))
+        check_logits_match(logits, corpus, get_task("sst2"))
 
 
 def test_teacher_with_another_label_count_is_refused(project, tiny_bert_factory):

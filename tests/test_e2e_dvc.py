@@ -29,7 +29,7 @@ import yaml
 from dvc_project import DvcRun, Project, copy_checkout
 from pipeline import paths
 from smoke_profile import overrides, smoke_args, with_overrides
-from sshd import MISSING, SSHD, SshServer, ssh_server
+from servers import MISSING, SSHD, S3Server, SshServer, s3_server, ssh_server
 
 pytestmark = pytest.mark.slow
 
@@ -228,7 +228,21 @@ def test_run_cache_route_restores_instead_of_recomputing(origin: Origin, tmp_pat
     assert {s: after[s] for s in run.restored} == {s: before[s] for s in run.restored}
 
 
-# --------------------------------------------------------------------------- a network remote
+# --------------------------------------------------------------------------- network remotes
+
+
+def share_through(remote: str, origin: Origin, bob: Project, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    """Alice pushes outputs and run-cache to `remote`; Bob's fresh clone pulls from it, and
+    `dvc repro` recomputes nothing but the always-changed prepare stages, whose outputs come
+    out byte-identical (git status stays clean)."""
+    push = origin.alice.dvc("push", "--run-cache", "-r", remote)
+    pull = bob.dvc("pull", "-r", remote)
+    assert bob.status() == {}
+    run = bob.dvc("repro")
+    assert run.ran == PREPARE and not run.restored
+    assert bob.git("status", "--porcelain") == ""
+    report_time(capsys, f"`dvc push --run-cache` over {where}", push.seconds)
+    report_time(capsys, f"`dvc pull` over {where}", pull.seconds)
 
 
 @pytest.fixture(scope="module")
@@ -240,20 +254,37 @@ def ssh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
 
 
 def test_sharing_over_an_ssh_remote(origin: Origin, ssh: SshServer, tmp_path: Path, capsys):
-    """Alice pushes outputs and run-cache to a team server over SSH (`dvc-ssh`, a real sshd
-    on 127.0.0.1); Bob's fresh clone pulls from it and `dvc repro` recomputes nothing."""
+    """A team server reached over SSH (`dvc-ssh`, a real sshd on 127.0.0.1)."""
     url = ssh.url(tmp_path / "team-server")
-    alice = origin.alice
-    for project in (alice, bob := alice.clone(tmp_path / "bob")):
+    for project in (origin.alice, bob := origin.alice.clone(tmp_path / "bob")):
         # --local: the key is each teammate's own; a team commits the remote URL itself
         project.dvc("remote", "add", "--local", "team-ssh", url)
         project.dvc("remote", "modify", "--local", "team-ssh", "keyfile", str(ssh.client_key))
-    push = alice.dvc("push", "--run-cache", "-r", "team-ssh")
+    share_through("team-ssh", origin, bob, capsys, "SSH")
     assert (tmp_path / "team-server" / "runs").is_dir()  # the run-cache went over SSH too
-    pull = bob.dvc("pull", "-r", "team-ssh")
-    assert bob.status() == {}
-    run = bob.dvc("repro")
-    assert run.ran == PREPARE and not run.restored
-    assert bob.git("status", "--porcelain") == ""
-    report_time(capsys, "`dvc push --run-cache` over SSH", push.seconds)
-    report_time(capsys, "`dvc pull` over SSH", pull.seconds)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+def test_sharing_over_an_s3_remote(origin: Origin, s3: S3Server, tmp_path: Path, capsys):
+    """A bucket reached over the S3 protocol (`dvc-s3`, moto's S3 server on 127.0.0.1): the
+    same commands as for AWS, MinIO or Ceph, with `endpointurl` naming the server."""
+    s3.client().create_bucket(Bucket="team-artifacts")
+    for project in (origin.alice, bob := origin.alice.clone(tmp_path / "bob")):
+        project.dvc("remote", "add", "--local", "team-s3", "s3://team-artifacts/distill")
+        for key, value in (
+            ("endpointurl", s3.endpoint),
+            ("region", s3.region),
+            # --local: credentials are each teammate's own, never committed
+            ("access_key_id", s3.access_key_id),
+            ("secret_access_key", s3.secret_access_key),
+        ):
+            project.dvc("remote", "modify", "--local", "team-s3", key, value)
+    share_through("team-s3", origin, bob, capsys, "S3")
+    keys = s3.keys("team-artifacts", "distill/")
+    assert any(k.startswith("distill/runs/") for k in keys)  # the run-cache went to the bucket
+    assert any(k.startswith("distill/files/md5/") for k in keys)

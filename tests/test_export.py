@@ -112,6 +112,20 @@ def exported(request, tmp_path, one_thread):
     return student, student_dir, export_dir
 
 
+def _has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux/x86: hold the strict bound
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni"))
+
+
+# On x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC before Zen 4), onnxruntime's 8-bit dot
+# products add pairs of products in 16 bits, which can saturate: there the tiny student's
+# int8 logits were up to 0.093 off (0.05 holds with VNNI, and on AVX2 with 7-bit weights,
+# `reduce_range=True`, which would rewrite every recorded export; README, Serving).
+INT8_LOGIT_TOLERANCE = 0.05 if _has_vnni() else 0.15
+
 TEXT_A = ["A good film!", "a bad, bad film", "", "great movie", "is it a GOOD film? a bad one."]
 TEXT_B = ["good", "Bad film.", "a great", "", "a film"]
 
@@ -134,7 +148,7 @@ def test_padded_onnx_logits_equal_the_packed_student(exported):
     predictions = serve.score_export(export_dir, TEXT_A, text_b)
     np.testing.assert_array_equal(predictions, expected.argmax(axis=1))
     int8 = serve.load_export(export_dir, int8=True).predict_logits(TEXT_A, text_b)
-    np.testing.assert_allclose(int8, expected, atol=0.05)
+    np.testing.assert_allclose(int8, expected, atol=INT8_LOGIT_TOLERANCE)
 
 
 def test_a_batch_runs_in_length_groups_with_the_same_logits(exported, monkeypatch):

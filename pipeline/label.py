@@ -2,8 +2,10 @@
 
 How rows flow, and why:
 
-1. Every row is tokenised once, up front, with the fast tokenizer's batch call into flat
-   arrays. That yields every row's length, which batching needs before any compute.
+1. Every row's word-piece count is taken up front, with the fast tokenizer's batch call one
+   block at a time (the texts stay in Arrow); batching needs every length before any compute.
+   The ids themselves are made chunk by chunk, when a chunk is computed (step 3), so memory
+   is bounded by `label.chunk_rows` and not by the corpus (benchmarks/results/scale.md).
 2. Rows are sorted by length (longest first, ties in corpus order) and cut into batches that
    fill a token budget: `label.batch_tokens` = rows x padded length, each batch padded only
    to its own longest row. SST-2 training sentences average 13 word pieces with [CLS] and
@@ -108,26 +110,53 @@ class Encoded:
         return len(self.offsets) - 1
 
 
-def encode(
+def _tokenized_blocks(
     tokenizer: PreTrainedTokenizerBase,
-    text_a: Sequence[str],
-    text_b: Sequence[str] | None,
+    text_a: Sequence[str] | pa.Array,
+    text_b: Sequence[str] | pa.Array | None,
     max_length: int,
-) -> Encoded:
-    """Tokenise every row once ([CLS] a [SEP] (b [SEP]), truncated to `max_length`)."""
-    ids: list[np.ndarray] = []
-    type_ids: list[np.ndarray] = []
-    lengths: list[np.ndarray] = []
+    type_ids: bool,
+) -> Iterator[Any]:
+    """The tokenizer's output for consecutive blocks of rows ([CLS] a [SEP] (b [SEP]),
+    truncated to `max_length`). Arrow columns become Python strings one block at a time: a
+    4 M-row corpus held as Python lists would take gigabytes before the first batch."""
     for start in range(0, len(text_a), ENCODE_BLOCK_ROWS):
         stop = start + ENCODE_BLOCK_ROWS
-        enc = tokenizer(
-            list(text_a[start:stop]),
-            list(text_b[start:stop]) if text_b is not None else None,
+        yield tokenizer(
+            _block(text_a, start, stop),
+            _block(text_b, start, stop) if text_b is not None else None,
             truncation=True,
             max_length=max_length,
             return_attention_mask=False,
-            return_token_type_ids=True,
+            return_token_type_ids=type_ids,
         )
+
+
+def token_lengths(
+    tokenizer: PreTrainedTokenizerBase,
+    text_a: Sequence[str] | pa.Array,
+    text_b: Sequence[str] | pa.Array | None,
+    max_length: int,
+) -> np.ndarray:
+    """Every row's word-piece count (what batching needs up front), keeping nothing else."""
+    lengths = [
+        np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(enc["input_ids"]))
+        for enc in _tokenized_blocks(tokenizer, text_a, text_b, max_length, type_ids=False)
+    ]
+    return np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    text_a: Sequence[str] | pa.Array,
+    text_b: Sequence[str] | pa.Array | None,
+    max_length: int,
+) -> Encoded:
+    """Tokenise rows into flat arrays ([CLS] a [SEP] (b [SEP]), truncated to `max_length`)."""
+    ids: list[np.ndarray] = []
+    type_ids: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for enc in _tokenized_blocks(tokenizer, text_a, text_b, max_length, type_ids=True):
         rows = enc["input_ids"]
         lengths.append(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
         ids.append(np.fromiter(chain.from_iterable(rows), dtype=np.int32))
@@ -141,6 +170,12 @@ def encode(
         offsets=offsets,
         pad_id=tokenizer.pad_token_id,
     )
+
+
+def _block(texts: Sequence[str] | pa.Array, start: int, stop: int) -> list[str]:
+    if isinstance(texts, pa.Array):
+        return texts.slice(start, stop - start).to_pylist()
+    return list(texts[start:stop])
 
 
 def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
@@ -309,7 +344,7 @@ def refuse_divergent_ranks(fingerprints: Sequence[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- stage
 
 
-def read_corpus(path: Path, task: TaskSpec) -> tuple[np.ndarray, list[str], list[str] | None]:
+def read_corpus(path: Path, task: TaskSpec) -> tuple[np.ndarray, pa.Array, pa.Array | None]:
     """idx, text_a, text_b (None for single-sentence tasks) of the augmented corpus, checked."""
     table = read_table(path, AUGMENTED_SCHEMA)
     if table.num_rows == 0:
@@ -317,10 +352,10 @@ def read_corpus(path: Path, task: TaskSpec) -> tuple[np.ndarray, list[str], list
     idx = table.column("idx").to_numpy()
     if len(np.unique(idx)) != len(idx):
         raise PipelineError(f"{path}: duplicate idx values; logits could not join 1:1 (rerun augment)")
-    text_a = table.column("text_a").to_pylist()
-    text_b = table.column("text_b").to_pylist() if task.is_pair else None
-    for name, column in (("text_a", text_a), ("text_b", text_b or [])):
-        if None in column:
+    text_a = table.column("text_a").combine_chunks()
+    text_b = table.column("text_b").combine_chunks() if task.is_pair else None
+    for name, column in (("text_a", text_a), ("text_b", text_b)):
+        if column is not None and column.null_count:
             raise PipelineError(f"{path}: null {name} in a {task.name} corpus (rerun augment)")
     return idx, text_a, text_b
 
@@ -412,8 +447,8 @@ def label_corpus(
                   "dtype": fingerprint["dtype"], "processes": ranks.world}
         run = stage_run(log, f"label@{task.name}", **inputs) if ranks.leader else nullcontext({})
         with run as summary:
-            encoded = encode(tokenizer, text_a, text_b, params.max_length)
-            batches = plan_batches(encoded.lengths, params.batch_tokens)
+            lengths = token_lengths(tokenizer, text_a, text_b, params.max_length)
+            batches = plan_batches(lengths, params.batch_tokens)
             chunks = plan_chunks([len(b) for b in batches], params.chunk_rows)
             scratch = open_scratch(scratch_root, fingerprint) if ranks.leader else None
             finished = [c for c in range(len(chunks)) if scratch and chunk_file(scratch, c).is_file()]
@@ -424,8 +459,9 @@ def label_corpus(
                     len(batches), params.batch_tokens, len(chunks), len(finished), scratch,
                 )
             model = prepare_model(model, device)
+            corpus = ChunkSource(tokenizer, text_a, text_b, params.max_length, lengths)
             rows, tokens, seconds = run_chunks(
-                model, encoded, batches, chunks, todo, ranks, device, dtype, scratch
+                model, corpus, batches, chunks, todo, ranks, device, dtype, scratch
             )
             if scratch is not None:
                 metadata = {
@@ -439,22 +475,56 @@ def label_corpus(
                 shutil.rmtree(scratch)
                 with suppress(OSError):
                     scratch_root.rmdir()  # only when no other scratch is left
-                padded = sum(len(b) * int(encoded.lengths[b[0]]) for b in batches)
+                padded = sum(len(b) * int(lengths[b[0]]) for b in batches)
                 summary.update(
                     out=out_path,
                     rows=len(idx),
                     computed_rows=rows,
                     rows_per_s=f"{rows / seconds:.0f}" if seconds else "-",
                     tokens_per_s=f"{tokens / seconds:.0f}" if seconds else "-",
-                    padded_tokens=f"{padded / encoded.lengths.sum():.2f}x real",
+                    padded_tokens=f"{padded / lengths.sum():.2f}x real",
                 )
             if ranks.world > 1:
                 dist.barrier()
 
 
+@dataclass(frozen=True)
+class ChunkSource:
+    """The corpus as the label loop reads it: texts (Arrow) and word-piece counts for all
+    rows, word-piece ids only for the batches at hand.
+
+    Tokenising a chunk's rows when it is computed (their lengths were counted once up front,
+    for the batch plan) keeps memory bounded by `label.chunk_rows`, not by the corpus: at
+    4 M rows, ids for every row would be about a gigabyte more. The ids are the same either
+    way (the tokenizer encodes each row on its own), so the logits are too.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    text_a: Sequence[str] | pa.Array
+    text_b: Sequence[str] | pa.Array | None
+    max_length: int
+    lengths: np.ndarray
+
+    def encode(self, batches: Sequence[np.ndarray]) -> tuple[Encoded, list[np.ndarray]]:
+        """The ids of these batches' rows, and each batch as positions in them."""
+        rows = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+        encoded = encode(
+            self.tokenizer, _take(self.text_a, rows),
+            None if self.text_b is None else _take(self.text_b, rows), self.max_length,
+        )
+        ends = np.cumsum([len(b) for b in batches])
+        return encoded, [np.arange(end - len(b), end) for b, end in zip(batches, ends)]
+
+
+def _take(texts: Sequence[str] | pa.Array, rows: np.ndarray) -> Sequence[str] | pa.Array:
+    if isinstance(texts, pa.Array):
+        return texts.take(pa.array(rows))
+    return [texts[i] for i in rows]
+
+
 def run_chunks(
     model: torch.nn.Module,
-    encoded: Encoded,
+    corpus: ChunkSource,
     batches: list[np.ndarray],
     chunks: list[range],
     todo: list[int],
@@ -468,7 +538,7 @@ def run_chunks(
     The progress bar (rank 0) counts rank 0's batches as they finish and the other ranks'
     when their chunk is gathered.
     """
-    real_tokens = [int(encoded.lengths[b].sum()) for b in batches]
+    real_tokens = [int(corpus.lengths[b].sum()) for b in batches]
     total = sum(len(batches[i]) for c in todo for i in chunks[c])
     tokens = 0
     started = time.perf_counter()
@@ -482,7 +552,8 @@ def run_chunks(
 
         for c in todo:
             mine = [i for i in chunks[c] if i % ranks.world == ranks.rank]
-            logits = infer(model, encoded, [batches[i] for i in mine], device, dtype, advance)
+            encoded, local = corpus.encode([batches[i] for i in mine])
+            logits = infer(model, encoded, local, device, dtype, advance)
             gathered = gather_chunk(ranks, dict(zip(mine, logits)))
             if scratch is not None:
                 with atomic_path(chunk_file(scratch, c)) as tmp:

@@ -166,6 +166,30 @@ def test_synthetic_mask_reaches_the_teacher_as_its_mask_token(tiny_bert_factory)
     assert (first == tokenizer.mask_token_id).sum() == 2
 
 
+@pytest.mark.parametrize("pair", [False, True])
+def test_a_chunk_encodes_its_rows_as_the_whole_corpus_would(tiny_bert_factory, pair):
+    """Ids made per chunk (the stage) equal ids made for every row at once, row for row,
+    from Arrow columns or lists; so do the up-front lengths the batch plan is cut from."""
+    _, tokenizer = load_teacher(tiny_bert_factory(2), get_task("qqp"))
+    rng = np.random.default_rng(0)
+    words = ["a", "film", MASK_TOKEN, "good", "unbelievably", "?", "the"]
+    text_a = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(300)]
+    text_b = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(300)] if pair else None
+    whole = label.encode(tokenizer, text_a, text_b, max_length=32)
+    columns = pa.array(text_a), None if text_b is None else pa.array(text_b)
+    lengths = label.token_lengths(tokenizer, *columns, max_length=32)
+    np.testing.assert_array_equal(lengths, whole.lengths)
+    source = label.ChunkSource(tokenizer, *columns, max_length=32, lengths=lengths)
+    batches = label.plan_batches(lengths, batch_tokens=256)[3:9]
+    encoded, local = source.encode(batches)
+    for rows, positions in zip(batches, local):
+        for row, position in zip(rows, positions):
+            ours = encoded.ids[encoded.offsets[position] : encoded.offsets[position + 1]]
+            np.testing.assert_array_equal(ours, whole.ids[whole.offsets[row] : whole.offsets[row + 1]])
+            ours_types = encoded.type_ids[encoded.offsets[position] : encoded.offsets[position + 1]]
+            np.testing.assert_array_equal(ours_types, whole.type_ids[whole.offsets[row] : whole.offsets[row + 1]])
+
+
 def test_batches_fill_the_token_budget_longest_first():
     lengths = np.random.default_rng(1).integers(3, 60, size=500)
     batches = label.plan_batches(lengths, batch_tokens=512)

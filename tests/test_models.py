@@ -59,6 +59,41 @@ def test_mask_policy(policy, mask_id):
     assert encoded.offsets.tolist() == [0, 4]
 
 
+@pytest.mark.parametrize("policy", ["unk", "dedicated"])
+def test_a_corpus_encodes_to_the_ids_each_text_gets_alone(policy):
+    """Many texts take Arrow's hash lookup, a few the dict: the ids must be the same, for
+    known, unknown and backoff words, `[MASK]` and literal `<pad>`/`<unk>` tokens."""
+    vocab, _ = Vocab.build([["a [MASK] b a", "c b"]], mask_policy=policy)
+    vocab = vocab.with_backoff(["great"])
+    texts = ["a [MASK] unseen B", "<pad> <unk> great", "", "C c a"] * 10
+    corpus = vocab.encode(texts)
+    assert len(corpus.ids) > len(vocab.words)  # the corpus path, not the dict
+    alone = [vocab.encode([text]) for text in texts]
+    assert corpus.ids.tolist() == [i for one in alone for i in one.ids.tolist()]
+    assert corpus.ids.dtype == np.int64
+    assert corpus.offsets.tolist() == np.cumsum([0] + [len(one.ids) for one in alone]).tolist()
+
+
+def test_a_corpus_in_blocks_gives_the_vocabulary_and_ids_of_one_block(monkeypatch):
+    """Building and encoding a block of rows at a time (bounded memory) changes nothing."""
+    import pyarrow as pa
+
+    from pipeline.models import vocab as vocab_module
+
+    rng = np.random.default_rng(0)
+    words = ["a", "b", "c", "the", "[MASK]", "<unk>", "Film", "film"]
+    texts = pa.array([" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(500)])
+    whole, whole_counts = Vocab.build([texts], mask_policy="dedicated")
+    whole_ids = whole.encode(texts)
+    monkeypatch.setattr(vocab_module, "BLOCK_ROWS", 37)
+    blocked, blocked_counts = Vocab.build([texts], mask_policy="dedicated")
+    assert blocked.words == whole.words
+    assert blocked_counts.tolist() == whole_counts.tolist()
+    blocked_ids = blocked.encode(texts)
+    assert blocked_ids.ids.tolist() == whole_ids.ids.tolist()
+    assert blocked_ids.offsets.tolist() == whole_ids.offsets.tolist()
+
+
 def test_padded_batches_pad_with_zero_and_give_empty_rows_length_one():
     ids = TokenIds(np.array([5, 6, 7, 8, 9]), np.array([0, 3, 3, 5]))
     matrix, lengths = ids.padded(np.array([2, 1, 0]))

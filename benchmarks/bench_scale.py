@@ -376,6 +376,8 @@ def write_report(results: list[dict], teacher: dict | None, args: argparse.Names
     for ax, label in ((ax_t, "wall time (s)"), (ax_m, "peak RSS (GiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(sizes, [f"{s / 1e6:.2f} M" for s in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("transfer rows")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)

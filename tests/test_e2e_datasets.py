@@ -69,6 +69,7 @@ TINY = {  # one pass of everything, on short inputs
     "teacher.max_length": 32,
     "augment.n_iter": 1,
     "label.max_length": 32,
+    "label.precision": "auto",  # fp32 on a CPU: the recorded bf16 needs AVX512-BF16 or AMX
     "student.epochs": 1,
     "student.baseline_epochs": 1,
     "evaluate.max_length": 32,

@@ -4,8 +4,9 @@ How rows flow, and why:
 
 1. Every row's word-piece count is taken up front, with the fast tokenizer's batch call one
    block at a time (the texts stay in Arrow); batching needs every length before any compute.
-   The ids themselves are made chunk by chunk, when a chunk is computed (step 3), so memory
-   is bounded by `label.chunk_rows` and not by the corpus (benchmarks/results/scale.md).
+   The ids themselves are made chunk by chunk, when a chunk is computed (step 3), so the
+   ids alive at once are a chunk's (`label.chunk_rows`); what the stage holds per corpus
+   row is its text in Arrow and a few integers (benchmarks/results/scale.md).
 2. Rows are sorted by length (longest first, ties in corpus order) and cut into batches that
    fill a token budget: `label.batch_tokens` = rows x padded length, each batch padded only
    to its own longest row. SST-2 training sentences average 13 word pieces with [CLS] and
@@ -494,9 +495,10 @@ class ChunkSource:
     rows, word-piece ids only for the batches at hand.
 
     Tokenising a chunk's rows when it is computed (their lengths were counted once up front,
-    for the batch plan) keeps memory bounded by `label.chunk_rows`, not by the corpus: at
-    4 M rows, ids for every row would be about a gigabyte more. The ids are the same either
-    way (the tokenizer encodes each row on its own), so the logits are too.
+    for the batch plan) keeps the ids alive at once to a chunk's: ids for every row cost 5
+    bytes a word piece, several hundred MB at 4 M pair rows. The price is a second
+    tokenizer pass, about 1% of the stage with a real teacher on a CPU. The ids are the
+    same either way (the tokenizer encodes each row on its own), so the logits are too.
     """
 
     tokenizer: PreTrainedTokenizerBase

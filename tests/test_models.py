@@ -64,7 +64,7 @@ def test_a_corpus_encodes_to_the_ids_each_text_gets_alone(policy):
     """Many texts take Arrow's hash lookup, a few the dict: the ids must be the same, for
     known, unknown and backoff words, `[MASK]` and literal `<pad>`/`<unk>` tokens."""
     vocab, _ = Vocab.build([["a [MASK] b a", "c b"]], mask_policy=policy)
-    vocab = vocab.with_backoff(["great"])
+    vocab = vocab.with_backoff(["great", "c"])  # a backoff word the corpus has too: its last id
     texts = ["a [MASK] unseen B", "<pad> <unk> great", "", "C c a"] * 10
     corpus = vocab.encode(texts)
     assert len(corpus.ids) > len(vocab.words)  # the corpus path, not the dict

@@ -111,8 +111,10 @@ class Vocab:
         return {word: i for i, word in enumerate(self.words) if i >= 2}
 
     @cached_property
-    def _words_after_reserved(self) -> pa.Array:
-        return pa.array(self.words[2:], pa.string())
+    def _words_last_first(self) -> pa.Array:
+        """The words after `<pad>`, `<unk>`, last first: `index_in` returns a word's first
+        match, and the dict above keeps its last id (a backoff list may repeat a word)."""
+        return pa.array(self.words[:1:-1], pa.string())
 
     def encode(self, texts: Sequence[str] | pa.Array) -> TokenIds:
         """Token ids of each text; unknown words (and `[MASK]` under "unk") map to UNK_ID.
@@ -134,5 +136,5 @@ class Vocab:
             lookup = self._ids.get
             return np.fromiter((lookup(token, UNK_ID) for token in flat.to_pylist()), dtype=np.int64)
         # a corpus: Arrow's hash lookup, no Python string per token (4 M rows hold ~10^8)
-        found = pc.index_in(flat, value_set=self._words_after_reserved)
-        return pc.fill_null(pc.add(found, 2), UNK_ID).to_numpy().astype(np.int64)
+        found = pc.index_in(flat, value_set=self._words_last_first)
+        return pc.fill_null(pc.subtract(len(self.words) - 1, found), UNK_ID).to_numpy().astype(np.int64)

@@ -511,9 +511,11 @@ def augment_to_parquet(
 # --------------------------------------------------------------------------- command
 
 
-def main(task_name: str, params_path: Path, workers: int | None) -> None:
+def main(task_name: str, params_path: Path, workers: int | None, arm: str | None = None) -> None:
+    """The task's transfer set, or (`arm`) the transfer set of an ablation arm with logits of
+    its own: the same rules with the arm's settings."""
     task = load_task(task_name)
-    params = load_settings(AugmentParams, task.name, params_path)
+    params = load_settings(AugmentParams, task.name, params_path, arm=arm)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise PipelineError(f"--workers must be at least 1 (got {workers})")
@@ -522,14 +524,15 @@ def main(task_name: str, params_path: Path, workers: int | None) -> None:
     train = read_table(train_path, SPLIT_SCHEMA)
     if train.num_rows == 0:
         raise PipelineError(f"{train_path}: empty training split (rerun: dvc repro prepare@{task.name})")
-    out = paths.augmented(task.name)
+    out = paths.augmented(task.name) if arm is None else paths.arm_augmented(task.name, arm)
+    stage = f"augment@{task.name}" if arm is None else f"ablation_augment@{task.name}-{arm}"
     provenance = {
         "tagger": tagger,
         "tokenizer": "nltk.tokenize.TreebankWordTokenizer",
         "input": {"path": str(train_path), "sha256": file_sha256(train_path), "rows": train.num_rows},
     }
     with stage_run(
-        log, f"augment@{task.name}", input=train_path, rows=train.num_rows, n_iter=params.n_iter, workers=workers
+        log, stage, input=train_path, rows=train.num_rows, n_iter=params.n_iter, workers=workers
     ) as summary:
         report = augment_to_parquet(train, task, params, workers, out, provenance)
         summary.update(

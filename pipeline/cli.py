@@ -24,7 +24,12 @@ app = typer.Typer(
 
 Task = Annotated[str, typer.Option("--task", "-t", help="Task in params.yaml `tasks`: sst2, qqp, mnli, or a dataset of yours.")]
 ParamsFile = Annotated[Path, typer.Option("--params", help="Params file (the single source of truth).")]
-Variant = Annotated[str, typer.Option(help="Student: distilled (transfer set + logits) or baseline (gold labels).")]
+VARIANT_HELP = "Student: distilled (transfer set + logits) or baseline (gold labels)."
+Variant = Annotated[str, typer.Option(help=VARIANT_HELP)]
+Arm = Annotated[
+    Optional[str],
+    typer.Option(help="An ablation row of params.yaml `ablation` (an arm, or distilled/baseline at its other seeds)."),
+]
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -60,27 +65,36 @@ def augment(
         Optional[int],
         typer.Option(help="Worker processes (default: all cores); the output does not depend on it."),
     ] = None,
+    arm: Arm = None,
 ) -> None:
-    """Rule-based augmentation of the training text -> data/augmented/<task>.parquet."""
+    """Rule-based augmentation of the training text -> data/augmented/<task>.parquet
+    (an ablation arm's: data/ablation/<task>/<arm>/augmented.parquet)."""
     from pipeline import augment as stage
 
-    stage.main(task, params, workers)
+    stage.main(task, params, workers, arm)
 
 
 @app.command()
-def label(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
-    """Teacher logits for the transfer set -> data/logits/<task>.parquet."""
+def label(task: Task, params: ParamsFile = DEFAULT_PARAMS, arm: Arm = None) -> None:
+    """Teacher logits for the transfer set -> data/logits/<task>.parquet (an ablation arm's:
+    data/ablation/<task>/<arm>/logits.parquet)."""
     from pipeline import label as stage
 
-    stage.main(task, params)
+    stage.main(task, params, arm)
 
 
 @app.command()
-def student(task: Task, variant: Variant, params: ParamsFile = DEFAULT_PARAMS) -> None:
-    """Train a BiLSTM student -> models/student/<task>/<variant>/."""
+def student(
+    task: Task,
+    variant: Annotated[Optional[str], typer.Option(help=f"{VARIANT_HELP} Or name --arm instead.")] = None,
+    arm: Arm = None,
+    params: ParamsFile = DEFAULT_PARAMS,
+) -> None:
+    """Train a BiLSTM student -> models/student/<task>/<variant>/ (an ablation row's, one per
+    seed: models/ablation/<task>/<arm>/seed-<n>/)."""
     from pipeline import student as stage
 
-    stage.main(task, variant, params)
+    stage.main(task, variant, params, arm)
 
 
 @app.command()
@@ -95,6 +109,14 @@ def export(task: Task, variant: Variant, params: ParamsFile = DEFAULT_PARAMS) ->
 def evaluate(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
     """Dev metrics, sizes and speed of teacher and students -> metrics/evaluate/<task>.json."""
     from pipeline import evaluate as stage
+
+    stage.main(task, params)
+
+
+@app.command()
+def ablation(task: Task, params: ParamsFile = DEFAULT_PARAMS) -> None:
+    """The task's ablation table (params.yaml `ablation`) -> metrics/evaluate/<task>_ablation.json."""
+    from pipeline import ablation as stage
 
     stage.main(task, params)
 

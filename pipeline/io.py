@@ -69,7 +69,7 @@ def check_logits_match(
     it lives here, with the schema, so that no stage module imports another.
     """
     logits_path, corpus_path = Path(logits_path), Path(corpus_path)
-    rerun = f"rerun: dvc repro label@{task.name}"
+    rerun = f"rerun: dvc repro {producing_stage(logits_path)}"
     if not logits_path.is_file():
         raise PipelineError(f"{logits_path}: file not found ({rerun})")
     meta = read_metadata(logits_path)

@@ -349,7 +349,7 @@ def read_corpus(path: Path, task: TaskSpec) -> tuple[np.ndarray, pa.Array, pa.Ar
     """idx, text_a, text_b (None for single-sentence tasks) of the augmented corpus, checked."""
     table = read_table(path, AUGMENTED_SCHEMA)
     if table.num_rows == 0:
-        raise PipelineError(f"{path}: no rows (rerun: dvc repro augment@{task.name})")
+        raise PipelineError(f"{path}: no rows (rerun: dvc repro {paths.producing_stage(path)})")
     idx = table.column("idx").to_numpy()
     if len(np.unique(idx)) != len(idx):
         raise PipelineError(f"{path}: duplicate idx values; logits could not join 1:1 (rerun augment)")
@@ -421,8 +421,10 @@ def label_corpus(
     corpus_path: Path,
     out_path: Path,
     scratch_root: Path,
+    stage: str | None = None,
 ) -> None:
-    """Label every corpus row with the teacher, resumably, on every rank of a process group."""
+    """Label every corpus row with the teacher, resumably, on every rank of a process group;
+    `stage` names the run in the log (default `label@<task>`)."""
     idx, text_a, text_b = read_corpus(corpus_path, task)
     model, tokenizer = load_teacher(teacher_dir, task)
     positions = model.config.max_position_embeddings
@@ -446,7 +448,7 @@ def label_corpus(
             refuse_divergent_ranks(seen)
         inputs = {"rows": len(idx), "teacher": teacher_dir, "device": device,
                   "dtype": fingerprint["dtype"], "processes": ranks.world}
-        run = stage_run(log, f"label@{task.name}", **inputs) if ranks.leader else nullcontext({})
+        run = stage_run(log, stage or f"label@{task.name}", **inputs) if ranks.leader else nullcontext({})
         with run as summary:
             lengths = token_lengths(tokenizer, text_a, text_b, params.max_length)
             batches = plan_batches(lengths, params.batch_tokens)
@@ -590,14 +592,22 @@ def write_logits(
     write_table(table, out_path, metadata)
 
 
-def main(task_name: str, params_path: Path) -> None:
+def main(task_name: str, params_path: Path, arm: str | None = None) -> None:
+    """The task's transfer set, or (`arm`) the transfer set of an ablation arm with logits of
+    its own, labelled by the task's teacher."""
     task = load_task(task_name)
     params = load_params(params_path).label
+    if arm is None:
+        corpus_path, out_path, stage = paths.augmented(task.name), paths.logits(task.name), None
+    else:
+        corpus_path, out_path = paths.arm_augmented(task.name, arm), paths.arm_logits(task.name, arm)
+        stage = f"ablation_label@{task.name}-{arm}"
     label_corpus(
         task,
         params,
         teacher_dir=paths.teacher_dir(task.name),
-        corpus_path=paths.augmented(task.name),
-        out_path=paths.logits(task.name),
-        scratch_root=paths.label_scratch(task.name),
+        corpus_path=corpus_path,
+        out_path=out_path,
+        scratch_root=paths.label_scratch(task.name, arm),
+        stage=stage,
     )

@@ -197,6 +197,52 @@ class ExportParams(_Section):
     opset: int = Field(17, ge=13, le=21)  # ONNX opset of the graph (onnxruntime >= 1.18 runs all)
 
 
+class StudentArm(_Section):
+    """`ablation.reused_logits.<arm>`: a student on its task's own transfer set and teacher
+    logits (label@<task>), so the arm has no augment or label stage of its own."""
+
+    originals_only: bool = False  # train on the original rows alone (their logits), no synthetic rows
+    student: dict[str, Any] = Field(default_factory=dict)  # overrides of the task's student settings
+
+
+class AugmentArm(_Section):
+    """`ablation.new_logits.<arm>`: a transfer set of its own (overrides of the task's augment
+    settings), augmented and labelled once by the arm's own stages, then trained."""
+
+    augment: dict[str, Any] = Field(min_length=1)  # overrides of the task's augment settings
+    student: dict[str, Any] = Field(default_factory=dict)  # overrides of the task's student settings
+
+
+class AblationParams(_Section):
+    """`ablation`: arms that separate what soft targets and each augmentation rule add
+    (README, "What the gain is made of"). The full method and the baseline are the DAG's own
+    students; the ablation trains them at its other seeds, never their own seed again."""
+
+    tasks: list[str] = Field(default_factory=list)  # tasks whose arms the DAG runs ([]: no stage)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])  # student seeds of every row of the table
+    reused_logits: dict[str, StudentArm] = Field(default_factory=dict)
+    new_logits: dict[str, AugmentArm] = Field(default_factory=dict)
+
+    @property
+    def arm_names(self) -> list[str]:
+        """The declared arms in table order (the baseline and the full method are not declared)."""
+        return [*self.reused_logits, *self.new_logits]
+
+
+class ArmStudent(_Section):
+    """What one ablation row trains, resolved for a task (`data/params/<task>/arms/<arm>/student.json`).
+
+    The DAG's two variants are rows too (`distilled`, `baseline`): at the ablation's seeds
+    other than the task's `student.seed`, whose students the DAG trains already.
+    """
+
+    variant: Literal["distilled", "baseline"]
+    logits: Literal["task", "own"]  # label@<task>'s, or the arm's own ablation_label stage's
+    originals_only: bool
+    seeds: list[int]
+    student: StudentParams
+
+
 class DatasetParams(_Section):
     """`datasets.<name>`: one task of your own, declared as data (README "Your own data").
 
@@ -282,8 +328,11 @@ class Params(_Section):
         "student",
         "evaluate",
         "export",
+        "ablation",
     )
     PER_TASK_SECTIONS: ClassVar[tuple[str, ...]] = ("teacher", "augment", "student")
+    # Per-task stage names and paths end in these: a task's own name may not.
+    RESERVED_SUFFIXES: ClassVar[tuple[str, ...]] = ("_speed", "_ablation")
 
     # What the DAG runs, in report order. DVC's `foreach` cannot filter a list, so the two
     # kinds of prepare stage each iterate their own: `glue` (built-in tasks, read from
@@ -298,6 +347,7 @@ class Params(_Section):
     student: StudentParams = StudentParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    ablation: AblationParams = AblationParams()
 
     @model_validator(mode="before")
     @classmethod
@@ -319,10 +369,10 @@ class Params(_Section):
                 raise ValueError(
                     f"datasets.{name}: the name of a built-in GLUE task; give your dataset another name"
                 )
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name) or name.endswith("_speed"):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name) or name.endswith(self.RESERVED_SUFFIXES):
                 raise ValueError(
                     f"datasets.{name}: task names are lowercase letters, digits and _, not ending "
-                    "in _speed (they name stages and paths)"
+                    f"in {' or '.join(self.RESERVED_SUFFIXES)} (they name stages and paths)"
                 )
             clashes = [s for s in self.PER_TASK_SECTIONS if name in (*getattr(self, s).shared_keys(), "overrides")]
             if clashes:
@@ -347,7 +397,99 @@ class Params(_Section):
                     raise ValueError(
                         f"{section}.{name}: neither a key of {section} nor a task in tasks"
                     )
+        self._validate_ablation()
         return self
+
+    def _validate_ablation(self) -> None:
+        """Arms fail here, at load time, with their dotted key: not hours later in their stage."""
+        ablation = self.ablation
+        for name in ablation.tasks:
+            if name not in self.tasks:
+                raise ValueError(f"ablation.tasks: {name!r} is not in tasks; add it there, or remove it here")
+        if len(set(ablation.seeds)) < 2 or len(set(ablation.seeds)) != len(ablation.seeds):
+            raise ValueError(
+                f"ablation.seeds: {ablation.seeds} must list at least two different seeds, each once "
+                "(a difference smaller than the seed spread is then visible as such)"
+            )
+        for task in ablation.tasks:
+            own_seed = self.student.for_task(task).seed
+            if own_seed not in ablation.seeds:
+                raise ValueError(
+                    f"ablation.seeds: {ablation.seeds} must include {task}'s student.seed {own_seed}, "
+                    "so the DAG's own students are rows of the table and are not trained twice"
+                )
+        for kind in ("reused_logits", "new_logits"):
+            for name in getattr(ablation, kind):
+                if name in paths.STUDENT_VARIANTS or not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+                    raise ValueError(
+                        f"ablation.{kind}.{name}: arm names are lowercase letters, digits and _, and not "
+                        f"{' or '.join(paths.STUDENT_VARIANTS)} (the DAG's own students); rename the arm"
+                    )
+        repeated = set(ablation.reused_logits) & set(ablation.new_logits)
+        if repeated:
+            raise ValueError(f"ablation: arm {sorted(repeated)[0]!r} is declared under both reused_logits and new_logits")
+        for task in ablation.tasks:
+            self._check_arms_of(task)
+
+    def _check_arms_of(self, task: str) -> None:
+        own_augment = self.augment.for_task(task)
+        sets: dict[str, str] = {}  # resolved augment settings (as JSON) -> the arm that has them
+        for name in self.ablation.arm_names:
+            arm = self.arm(task, name)
+            kind = "reused_logits" if name in self.ablation.reused_logits else "new_logits"
+            if arm.logits == "task" and not arm.originals_only and arm.student == self.student.for_task(task):
+                raise ValueError(
+                    f"ablation.{kind}.{name}: changes nothing for {task}; that is the full method, "
+                    "a row of the table already (set originals_only or a student override)"
+                )
+            augment = self.arm_augment(task, name)
+            if augment is None:
+                continue
+            if augment == own_augment:
+                raise ValueError(
+                    f"ablation.new_logits.{name}.augment: {task}'s own augmentation, whose logits "
+                    f"label@{task} has; declare the arm under reused_logits instead"
+                )
+            key = augment.model_dump_json()
+            if key in sets:
+                raise ValueError(
+                    f"ablation.new_logits.{name}.augment: the same augmentation as arm {sets[key]!r} "
+                    f"for {task}, whose rows would be labelled twice; give the arms other settings"
+                )
+            sets[key] = name
+
+    def arm(self, task: str, name: str) -> ArmStudent:
+        """What ablation row `name` trains for `task`: an arm, or `distilled`/`baseline` at the
+        ablation's other seeds."""
+        student = self.student.for_task(task)
+        if name in paths.STUDENT_VARIANTS:
+            others = [s for s in self.ablation.seeds if s != student.seed]
+            return ArmStudent(
+                variant=name, logits="task", originals_only=name == "baseline", seeds=others, student=student
+            )
+        if name in self.ablation.reused_logits:
+            kind, declared, logits = "reused_logits", self.ablation.reused_logits[name], "task"
+            originals_only = declared.originals_only
+        elif name in self.ablation.new_logits:
+            kind, declared, logits, originals_only = "new_logits", self.ablation.new_logits[name], "own", False
+        else:
+            known = ", ".join([*paths.STUDENT_VARIANTS, *self.ablation.arm_names])
+            raise PipelineError(f"unknown ablation arm {name!r}: use one of {known} (params.yaml ablation)")
+        where = f"ablation.{kind}.{name}.student"
+        if "seed" in declared.student:
+            raise ValueError(f"{where}.seed: an arm trains at every seed of ablation.seeds; set those instead")
+        student = _override(student, declared.student, where)
+        return ArmStudent(
+            variant="distilled", logits=logits, originals_only=originals_only, seeds=list(self.ablation.seeds),
+            student=student,
+        )
+
+    def arm_augment(self, task: str, name: str) -> AugmentParams | None:
+        """The transfer set an arm of `new_logits` augments for `task` (None: the arm has none)."""
+        declared = self.ablation.new_logits.get(name)
+        if declared is None:
+            return None
+        return _override(self.augment.for_task(task), declared.augment, f"ablation.new_logits.{name}.augment")
 
     def task(self, name: str) -> TaskSpec:
         """The task `name` as declared: built in, or under `datasets` (classes may still be
@@ -365,21 +507,62 @@ class Params(_Section):
 S = TypeVar("S", bound=PerTaskSection)
 
 
-def load_settings(section: type[S], task: str, params_path: Path | str = DEFAULT_PARAMS_FILE) -> S:
-    """A task's resolved `section`, as configure wrote it (data/params/<task>/<section>.json).
+def ablation_order(ablation: AblationParams) -> list[str]:
+    """Every row of a task's ablation table, in table order: the baseline, the declared arms,
+    the full method."""
+    return ["baseline", *ablation.arm_names, "distilled"]
+
+
+def _override(section: S, values: dict[str, Any], where: str) -> S:
+    """`section` with an arm's overrides applied and validated, errors under the arm's key."""
+    unknown = [key for key in values if key not in section.shared_keys()]
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: not a key of {section.SECTION}")
+    try:
+        return type(section).model_validate({**section.model_dump(), **values})
+    except ValidationError as exc:
+        raise ValueError(f"{where}.{_first_error(exc)}") from None
+
+
+def load_settings(
+    section: type[S], task: str, params_path: Path | str = DEFAULT_PARAMS_FILE, arm: str | None = None
+) -> S:
+    """A task's resolved `section`, as configure wrote it (data/params/<task>/<section>.json),
+    or an ablation arm's (data/params/<task>/arms/<arm>/<section>.json, augment only).
 
     The file is what the stage depends on; it must also be what params.yaml says now, or a
     stage run by hand after an edit would train with the old values.
     """
-    path = paths.settings_file(task, section.SECTION)
+    params = load_params(params_path)
+    if arm is None:
+        return _load_resolved(section, paths.settings_file(task, section.SECTION), getattr(params, section.SECTION).for_task(task), task, params_path)
+    current = params.arm_augment(task, arm)
+    if section is not AugmentParams or current is None:
+        raise PipelineError(
+            f"ablation arm {arm!r} has no {section.SECTION} settings of its own: only arms under "
+            "ablation.new_logits augment and label their own transfer set"
+        )
+    return _load_resolved(section, paths.arm_settings_file(task, arm, section.SECTION), current, task, params_path)
+
+
+def load_arm(task: str, arm: str, params_path: Path | str = DEFAULT_PARAMS_FILE) -> ArmStudent:
+    """What ablation row `arm` trains for `task`, as configure wrote it (like `load_settings`)."""
+    current = load_params(params_path).arm(task, arm)
+    return _load_resolved(ArmStudent, paths.arm_settings_file(task, arm, "student"), current, task, params_path)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load_resolved(model: type[M], path: Path, current: M, task: str, params_path: Path | str) -> M:
     rerun = f"rerun: dvc repro configure@{task}"
     try:
-        settings = section.model_validate(read_json(path))
+        settings = model.model_validate(read_json(path))
     except ValidationError as exc:
         raise PipelineError(f"{path}: {_first_error(exc)} ({rerun})") from None
-    current = getattr(load_params(params_path), section.SECTION).for_task(task)
     if settings != current:
-        changed = sorted(k for k, v in current.model_dump().items() if settings.model_dump()[k] != v)
+        old, new = settings.model_dump(), current.model_dump()
+        changed = sorted(k for k, v in new.items() if old[k] != v)
         raise PipelineError(f"{path}: {', '.join(changed)} differ from {params_path} ({rerun})")
     return settings
 

@@ -34,6 +34,17 @@ def settings_file(task: str, name: str) -> Path:
     return settings_dir(task) / f"{name}.json"
 
 
+def arms_settings_dir(task: str) -> Path:
+    """Every ablation row's resolved settings (configure writes them for `ablation.tasks`)."""
+    return settings_dir(task) / "arms"
+
+
+def arm_settings_file(task: str, arm: str, name: str) -> Path:
+    """An ablation row's resolved settings: `student.json` (every row), `augment.json` (an arm
+    with logits of its own)."""
+    return arms_settings_dir(task) / arm / f"{name}.json"
+
+
 def prepared_dir(task: str) -> Path:
     return DATA / "glue" / task
 
@@ -58,6 +69,15 @@ def logits(task: str) -> Path:
     return DATA / "logits" / f"{task}.parquet"
 
 
+def arm_augmented(task: str, arm: str) -> Path:
+    """The transfer set of an ablation arm with logits of its own."""
+    return DATA / "ablation" / task / arm / "augmented.parquet"
+
+
+def arm_logits(task: str, arm: str) -> Path:
+    return DATA / "ablation" / task / arm / "logits.parquet"
+
+
 def teacher_dir(task: str) -> Path:
     return MODELS / "teacher" / task
 
@@ -66,12 +86,27 @@ def student_dir(task: str, variant: str) -> Path:
     return MODELS / "student" / task / variant
 
 
+def arm_students_dir(task: str, arm: str) -> Path:
+    """An ablation row's students, one directory per seed (`arm_student_dir`)."""
+    return MODELS / "ablation" / task / arm
+
+
+def arm_student_dir(task: str, arm: str, seed: int) -> Path:
+    return arm_students_dir(task, arm) / f"seed-{seed}"
+
+
+def ablation_students_dir(task: str) -> Path:
+    """Every ablation row's students of a task: what its ablation summary reads."""
+    return MODELS / "ablation" / task
+
+
 def export_dir(task: str, variant: str) -> Path:
     return MODELS / "export" / task / variant
 
 
 def evaluate_metrics_dir() -> Path:
-    """Evaluate's outputs and nothing else: exactly what the report reads (its one dep)."""
+    """Evaluate's outputs and the ablation tables, nothing else: exactly what the report reads
+    (its one data dep)."""
     return METRICS / "evaluate"
 
 
@@ -83,8 +118,13 @@ def speed_file(task: str) -> Path:
     return evaluate_metrics_dir() / f"{task}_speed.json"
 
 
-def label_scratch(task: str) -> Path:
-    return SCRATCH / "label" / task
+def ablation_metrics(task: str) -> Path:
+    """The ablation table's rows (`ablation@<task>`), beside evaluate's files: the report reads both."""
+    return evaluate_metrics_dir() / f"{task}_ablation.json"
+
+
+def label_scratch(task: str, arm: str | None = None) -> Path:
+    return SCRATCH / "label" / task if arm is None else SCRATCH / "ablation_label" / task / arm
 
 
 def teacher_metrics(task: str) -> Path:
@@ -93,6 +133,24 @@ def teacher_metrics(task: str) -> Path:
 
 def curve_file(task: str, variant: str) -> Path:
     return METRICS / "curves" / f"{task}-{variant}.csv"
+
+
+def ablation_stage(parts: tuple[str, ...]) -> str | None:
+    """The stage of data/ablation/<task>/<arm>/{augmented,logits}.parquet."""
+    if len(parts) < 5:
+        return None
+    kind = "label" if parts[4].startswith("logits") else "augment"
+    return f"ablation_{kind}@{parts[2]}-{parts[3]}"
+
+
+def arm_student_stage(task: str, arm: str, logits: str) -> str:
+    """The stage that trains an ablation row's students: the DAG's own variants at other seeds,
+    an arm on the task's logits, or one on logits of its own (dvc.yaml says why three)."""
+    if arm in STUDENT_VARIANTS:
+        family = "ablation_seeds"
+    else:
+        family = "ablation_student" if logits == "own" else "ablation_reused"
+    return f"{family}@{task}-{arm}"
 
 
 def prepare_stage(task: str) -> str:
@@ -119,6 +177,7 @@ def producing_stage(path: Path | str) -> str | None:
         ("models", "student"): "student",
         ("models", "export"): "export",
         ("metrics", "curves"): "student",
+        ("data", "ablation"): "ablation",  # an arm's transfer set and logits
     }
     family = layouts.get(parts[:2])
     if family is None or len(parts) < 3:
@@ -127,7 +186,11 @@ def producing_stage(path: Path | str) -> str | None:
     if family == "prepare":
         return prepare_stage(name)
     if family == "evaluate":
+        if name.endswith("_ablation"):
+            return f"ablation@{name.removesuffix('_ablation')}"
         return f"evaluate@{name.removesuffix('_speed')}"
+    if family == "ablation":
+        return ablation_stage(parts)
     if parts[:2] == ("metrics", "curves"):  # metrics/curves/<task>-<variant>.csv
         return f"student@{name}"
     if family in ("student", "export"):

@@ -61,11 +61,13 @@ from pipeline.models.batching import batch_inputs, length_batches, sort_key
 from pipeline.models.bilstm import count_parameters
 from pipeline.models.embeddings import load_backoff, load_vectors, vectors_dim
 from pipeline.models.vocab import Vocab
-from pipeline.params import StudentParams, load_settings
+from pipeline.params import StudentParams, load_arm, load_settings
 from pipeline.tasks import TaskSpec
 from pipeline.text import normalize
 
 log = get_logger("student")
+
+CURVE_FILE = "curve.csv"  # an ablation student's training curve, beside its training.json
 
 CeTarget = Literal["gold_for_originals", "teacher_argmax"]
 
@@ -315,57 +317,112 @@ def write_curve(curve: list[dict[str, float]], path: Path) -> None:
         tmp.write_text(out.getvalue())
 
 
-def main(task_name: str, variant: str, params_path: Path) -> None:
-    if variant not in paths.STUDENT_VARIANTS:
+def read_training_set(
+    task: TaskSpec, variant: str, corpus_path: Path, logits_path: Path, originals_only: bool, policy: CeTarget
+) -> tuple[LabelledTexts, dict[str, Any]]:
+    """The rows a variant trains on, and what they were read from (for training.json).
+
+    `originals_only`: a distilled student on the original rows alone with their teacher
+    logits (the ablation's soft-targets-alone arm); the baseline reads only those anyway.
+    """
+    corpus = read_table(corpus_path, AUGMENTED_SCHEMA)
+    inputs: dict[str, Any] = {"corpus": str(corpus_path), "corpus_sha256": file_sha256(corpus_path)}
+    if variant == "baseline":
+        return baseline_set(corpus, task), inputs
+    check_logits_match(logits_path, corpus_path, task)
+    logits = read_table(logits_path, logits_schema(task.num_labels))
+    if originals_only:
+        corpus = corpus.filter(corpus.column("is_original"))
+    teacher = join_logits(corpus, logits, task, logits_path)
+    inputs |= {"logits": str(logits_path), "logits_sha256": file_sha256(logits_path)}
+    return distilled_set(corpus, teacher, task, policy), inputs
+
+
+def schedule(variant: str, params: StudentParams) -> tuple[float, int]:
+    """(alpha, epochs): the baseline is CE alone over the original rows' own epoch budget."""
+    return (params.alpha, params.epochs) if variant == "distilled" else (1.0, params.baseline_epochs)
+
+
+def training_record(
+    task: TaskSpec, variant: str, train: LabelledTexts, trained: TrainedStudent, params: StudentParams,
+    inputs: dict[str, Any],
+) -> dict[str, Any]:
+    """training.json: what was trained on what, and its best dev epoch."""
+    alpha, epochs = schedule(variant, params)
+    best = trained.curve[trained.best_epoch - 1]
+    return {
+        "task": task.name,
+        "variant": variant,
+        "alpha": alpha,
+        "epochs": epochs,
+        "train_rows": len(train),
+        "dev_split": task.eval_splits[0].name,
+        "best_epoch": trained.best_epoch,
+        "best_dev": {k: v for k, v in best.items() if k.startswith("eval_")},
+        "vocab_size": trained.config.vocab_size,
+        "backoff_words": trained.config.backoff_size,
+        "vectors_found": trained.vectors_found,
+        "token_coverage": trained.token_coverage,
+        "params_no_embeddings": count_parameters(trained.model, include_embeddings=False),
+        "params_total": count_parameters(trained.model, include_embeddings=True),
+        "params": params.model_dump(),
+        "inputs": inputs,
+    }
+
+
+def save_trained(trained: TrainedStudent, training: dict[str, Any], out_dir: Path) -> None:
+    save_student(out_dir, trained.config, trained.vocab, trained.model)
+    write_json(training, out_dir / TRAINING_FILE)
+
+
+def main(task_name: str, variant: str | None, params_path: Path, arm: str | None = None) -> None:
+    """One of the DAG's students (`variant`), or the students of an ablation row (`arm`), one
+    per seed of the ablation, each in its seed's directory with its curve beside it."""
+    if (variant is None) == (arm is None):
+        raise PipelineError("name either --variant (the DAG's students) or --arm (an ablation row), not both")
+    if variant is not None and variant not in paths.STUDENT_VARIANTS:
         known = ", ".join(paths.STUDENT_VARIANTS)
         raise PipelineError(f"unknown student variant {variant!r}: use one of {known}")
     task = load_task(task_name)
-    params = load_settings(StudentParams, task.name, params_path)
-    vectors_dim(params.vectors, params.random_dim)  # a bad vectors file fails before any work
-    corpus_path = paths.augmented(task.name)
-    corpus = read_table(corpus_path, AUGMENTED_SCHEMA)
-    inputs: dict[str, Any] = {"corpus": str(corpus_path), "corpus_sha256": file_sha256(corpus_path)}
-    if variant == "distilled":
-        logits_path = paths.logits(task.name)
-        check_logits_match(logits_path, corpus_path, task)
-        logits = read_table(logits_path, logits_schema(task.num_labels))
-        teacher = join_logits(corpus, logits, task, logits_path)
-        train = distilled_set(corpus, teacher, task, params.ce_target)
-        inputs |= {"logits": str(logits_path), "logits_sha256": file_sha256(logits_path)}
-        alpha, epochs = params.alpha, params.epochs
+    if arm is None:
+        params = load_settings(StudentParams, task.name, params_path)
+        seeds, originals_only, logits = [params.seed], False, "task"
+        out_dir, stage = paths.student_dir(task.name, variant), f"student@{task.name}-{variant}"
     else:
-        train = baseline_set(corpus, task)
-        alpha, epochs = 1.0, params.baseline_epochs
+        row = load_arm(task.name, arm, params_path)
+        params, variant, seeds, originals_only, logits = row.student, row.variant, row.seeds, row.originals_only, row.logits
+        out_dir, stage = paths.arm_students_dir(task.name, arm), paths.arm_student_stage(task.name, arm, row.logits)
+    vectors_dim(params.vectors, params.random_dim)  # a bad vectors file fails before any work
+    if logits == "task":
+        corpus_path, logits_path = paths.augmented(task.name), paths.logits(task.name)
+    else:
+        corpus_path, logits_path = paths.arm_augmented(task.name, arm), paths.arm_logits(task.name, arm)
+    train, inputs = read_training_set(task, variant, corpus_path, logits_path, originals_only, params.ce_target)
     dev_split = task.eval_splits[0]
     dev = eval_set(read_table(paths.prepared_split(task.name, dev_split.name), SPLIT_SCHEMA), task)
     device = pick_device()
     if params.threads is not None:
         torch.set_num_threads(params.threads)
-    out_dir = paths.student_dir(task.name, variant)
-    with stage_run(log, f"student@{task.name}-{variant}", rows=len(train), dev_rows=len(dev),
-                   alpha=alpha, device=device) as summary:
-        trained = fit_student(task, train, dev, params, alpha, epochs, device)
-        best = trained.curve[trained.best_epoch - 1]
-        training = {
-            "task": task.name,
-            "variant": variant,
-            "alpha": alpha,
-            "epochs": epochs,
-            "train_rows": len(train),
-            "dev_split": dev_split.name,
-            "best_epoch": trained.best_epoch,
-            "best_dev": {k: v for k, v in best.items() if k.startswith("eval_")},
-            "vocab_size": trained.config.vocab_size,
-            "backoff_words": trained.config.backoff_size,
-            "vectors_found": trained.vectors_found,
-            "token_coverage": trained.token_coverage,
-            "params_no_embeddings": count_parameters(trained.model, include_embeddings=False),
-            "params_total": count_parameters(trained.model, include_embeddings=True),
-            "params": params.model_dump(),
-            "inputs": inputs,
-        }
+    alpha, epochs = schedule(variant, params)
+    with stage_run(log, stage, rows=len(train), dev_rows=len(dev), alpha=alpha, device=device,
+                   **({} if arm is None else {"seeds": seeds})) as summary:
+        if arm is None:
+            trained = fit_student(task, train, dev, params, alpha, epochs, device)
+            training = training_record(task, variant, train, trained, params, inputs)
+            with atomic_path(out_dir) as tmp:
+                save_trained(trained, training, tmp)
+            write_curve(trained.curve, paths.curve_file(task.name, variant))
+            summary.update(out=out_dir, best_epoch=trained.best_epoch, **training["best_dev"])
+            return
         with atomic_path(out_dir) as tmp:
-            save_student(tmp, trained.config, trained.vocab, trained.model)
-            write_json(training, tmp / TRAINING_FILE)
-        write_curve(trained.curve, paths.curve_file(task.name, variant))
-        summary.update(out=out_dir, best_epoch=trained.best_epoch, **training["best_dev"])
+            tmp.mkdir()
+            for seed in seeds:
+                seeded = params.model_copy(update={"seed": seed})
+                log.info("%s: seed %d of %s", stage, seed, seeds)
+                trained = fit_student(task, train, dev, seeded, alpha, epochs, device)
+                training = training_record(task, variant, train, trained, seeded, inputs) | {"arm": arm}
+                seed_dir = tmp / paths.arm_student_dir(task.name, arm, seed).name
+                save_trained(trained, training, seed_dir)
+                write_curve(trained.curve, seed_dir / CURVE_FILE)
+                summary[f"seed_{seed}"] = " ".join(f"{k}={v:.4f}" for k, v in training["best_dev"].items())
+        summary["out"] = out_dir

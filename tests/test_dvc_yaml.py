@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS_YAML = yaml.safe_load((ROOT / "params.yaml").read_text())
 TOP_LEVEL_KEYS = ("tasks", "datasets")  # params.yaml keys outside any section that a stage may read
-# `Params.task(name)` reads the declarations: a module calling it reads `datasets`.
-READ_THROUGH = {"task": "datasets"}
+# Params methods that read sections: `task(name)` the declarations, `arm`/`arm_augment` an
+# ablation row's settings resolved over the task's.
+READ_THROUGH = {"task": {"datasets"}, "arm": {"ablation", "student"}, "arm_augment": {"ablation", "augment"}}
 PARAMS_LOADERS = {"load_params", "parse_params"}
 # The project declares no dataset of its own, so the `prepare_dataset` template is checked
 # against this one.
@@ -56,6 +57,27 @@ DATASETS = PARAMS_YAML["datasets"] or EXAMPLE_DATASET
 # Every task a stage expands over, the example dataset included when it stands in.
 RUN_TASKS = PARAMS_YAML["tasks"] + [name for name in DATASETS if name not in PARAMS_YAML["tasks"]]
 RAW_DATA = "${item.dir}"  # a dataset's raw files: DVC-tracked data, no stage's output
+# The ablation runs no task by default, so its stages are checked for this one.
+ABLATION = PARAMS_YAML["ablation"]
+ABLATION_TASKS = ABLATION["tasks"] or ["sst2"]
+ABLATION_ROWS = [*paths.STUDENT_VARIANTS, *ABLATION["reused_logits"], *ABLATION["new_logits"]]
+# What a template list of params.yaml expands to here.
+TEMPLATE_LISTS = {
+    "${tasks}": RUN_TASKS,
+    "${ablation.tasks}": ABLATION_TASKS,
+    "${ablation.reused_logits}": list(ABLATION["reused_logits"]),
+    "${ablation.new_logits}": list(ABLATION["new_logits"]),
+}
+# Stages that run another stage's command: your datasets' prepare, and the ablation's
+# students, transfer sets and logits (`--arm`).
+COMMAND_OF = {
+    "prepare_dataset": "prepare",
+    "ablation_seeds": "student",
+    "ablation_reused": "student",
+    "ablation_augment": "augment",
+    "ablation_label": "label",
+    "ablation_student": "student",
+}
 
 
 def task_spec(name: str) -> TaskSpec:
@@ -74,8 +96,12 @@ class Stage:
 
     @property
     def command(self) -> str:
-        """The `python -m pipeline` command it runs (prepare_dataset runs prepare)."""
+        """The `python -m pipeline` command it runs (prepare_dataset runs prepare, ...)."""
         return shlex.split(self.body["cmd"])[3]
+
+    @property
+    def has_arm(self) -> bool:
+        return self.matrix is not None and "arm" in self.matrix
 
     @property
     def module(self) -> Path:
@@ -83,15 +109,14 @@ class Stage:
 
     def items(self) -> list[dict[str, str]]:
         """Template values of every expanded stage: [{"task": .., "variant": ..}, ...]."""
-        tasks = RUN_TASKS
         if self.matrix is not None:
             keys = list(self.matrix)
-            values = [tasks if v == "${tasks}" else v for v in self.matrix.values()]
+            values = [TEMPLATE_LISTS[v] if isinstance(v, str) else v for v in self.matrix.values()]
             return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
         if self.over == "datasets":
             return [{"task": name, "dir": spec["dir"]} for name, spec in DATASETS.items()]
         if self.over is not None:
-            return [{"task": t} for t in (tasks if self.over == "tasks" else PARAMS_YAML[self.over])]
+            return [{"task": t} for t in TEMPLATE_LISTS.get(f"${{{self.over}}}", PARAMS_YAML.get(self.over))]
         return [{}]
 
     def render(self, text: str, item: dict[str, str]) -> str:
@@ -118,10 +143,14 @@ def load_stages() -> list[Stage]:
     for name, spec in DVC_YAML["stages"].items():
         if "foreach" in spec:
             over = spec["foreach"].removeprefix("${").removesuffix("}")
-            assert over in ("tasks", "glue", "datasets"), f"{name}: stages expand over tasks, glue or datasets"
+            assert over in ("tasks", "glue", "datasets", "ablation.tasks"), (
+                f"{name}: stages expand over tasks, glue, datasets or ablation.tasks"
+            )
             stages.append(Stage(name, spec["do"], "${key}" if over == "datasets" else "${item}", None, over))
         elif "matrix" in spec:
-            assert spec["matrix"].get("task") == "${tasks}", f"{name}: matrix needs task: ${{tasks}}"
+            assert spec["matrix"].get("task") in ("${tasks}", "${ablation.tasks}"), (
+                f"{name}: matrix needs task: ${{tasks}} (or ${{ablation.tasks}})"
+            )
             stages.append(Stage(name, spec, "${item.task}", spec["matrix"]))
         else:
             stages.append(Stage(name, spec, None, None))
@@ -183,7 +212,7 @@ def sections_read(source: str) -> set[str]:
         for node in ast.walk(func):
             if isinstance(node, ast.Name) and node.id in whole and isinstance(node.ctx, ast.Load):
                 use(node, f"params object {node.id!r}")
-    return {READ_THROUGH.get(name, name) for name in read}
+    return set().union(*(READ_THROUGH.get(name, {name}) for name in read))
 
 
 def settings_loaded(source: str) -> set[str]:
@@ -197,6 +226,19 @@ def settings_loaded(source: str) -> set[str]:
         sections[node.args[0].id]
         for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "load_settings"
+    }
+
+
+def arm_settings_loaded(source: str) -> set[str]:
+    """The sections a module reads from an ablation row's files: `load_settings(.., arm=..)`
+    and `load_arm(..)` (the row's student.json)."""
+    calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)]
+    loaded = {"student" for node in calls if ast.unparse(node.func) == "load_arm"}
+    return loaded | {
+        section
+        for node in calls
+        if ast.unparse(node.func) == "load_settings" and any(k.arg == "arm" for k in node.keywords)
+        for section in settings_loaded(ast.unparse(node))
     }
 
 
@@ -245,6 +287,8 @@ def paths_used(source: str) -> set[PathUse]:
             if node.func.id == "load_settings":
                 (section,) = settings_loaded(ast.unparse(node))
                 uses.add(PathUse("settings_file", (("name", section),)))
+            for section in arm_settings_loaded(ast.unparse(node)) if node.func.id in ("load_settings", "load_arm") else ():
+                uses.add(PathUse("arm_settings_file", (("name", section),)))
     return uses
 
 
@@ -253,6 +297,12 @@ HELPER_PATHS = {
     "declared_task": (PathUse("settings_file", (("name", "source"),)),),
     "load_task": (PathUse("settings_file", (("name", "task"),)), PathUse("prepared_split", (("split", "train"),))),
 }
+
+
+def takes_an_arm(use: PathUse) -> bool:
+    """Whether the path belongs to an ablation row (`paths.arm_*(task, arm, ..)`)."""
+    member = getattr(paths, use.name)
+    return inspect.isfunction(member) and "arm" in inspect.signature(member).parameters
 
 
 def path_values(use: PathUse, item: dict[str, str]) -> Iterator[Path]:
@@ -270,6 +320,8 @@ def path_values(use: PathUse, item: dict[str, str]) -> Iterator[Path]:
     for task in [item["task"]] if "task" in item else RUN_TASKS:
         choices = {"task": [task], "split": [s.name for s in task_spec(task).splits], "variant": variants}
         choices["name"] = ["source", "task", *Params.PER_TASK_SECTIONS]  # paths.settings_file
+        choices["arm"] = [item["arm"]] if "arm" in item else ABLATION_ROWS
+        choices["seed"] = ABLATION["seeds"]
         choices |= {argument: [value] for argument, value in use.literals}
         arg_names = inspect.signature(member).parameters
         for combo in itertools.product(*(choices[a] for a in arg_names)):
@@ -309,8 +361,15 @@ def test_per_task_sections_come_from_configure_files(stage: Stage):
         return
     assert not declared_sections(stage) & per_task, f"{stage.name} declares a per-task section as params"
     deps = set(stage.entries("deps"))
-    for section in settings_loaded(stage.module.read_text()):
+    source = stage.module.read_text()
+    if stage.has_arm:  # an ablation row's stage reads the row's files, not the task's
+        for section in arm_settings_loaded(source):
+            assert f"data/params/{stage.item_var}/arms/${{item.arm}}/{section}.json" in deps, f"{stage.name}: {section}.json"
+        return
+    for section in settings_loaded(source):
         assert f"data/params/{stage.item_var}/{section}.json" in deps, f"{stage.name}: {section}.json"
+    if stage.over == "ablation.tasks" and arm_settings_loaded(source):  # the table reads every row's
+        assert f"data/params/{stage.item_var}/arms" in deps, f"{stage.name}: data/params/{stage.item_var}/arms"
 
 
 def test_every_section_a_task_can_override_is_resolved_by_configure():
@@ -377,8 +436,19 @@ def test_paths_agree_with_pipeline_paths(stage: Stage):
         ]
         for path in declared:
             assert path in known, f"{stage.name} {item}: {path} is not a pipeline/paths.py path"
-        used = [p for use in paths_used(source) for p in path_values(use, item)]
-        for path in used:
+        uses = paths_used(source)
+        used = [p for use in uses for p in path_values(use, item)]
+        # augment, label and student also run the ablation's rows (`--arm`), whose paths their
+        # ablation stages declare. Those stages run the rows' branch only; its undeclared
+        # paths are not told apart from the DAG's own branch here, so only what they declare
+        # is checked (below), and the DAG's stage leaves the rows' paths to them.
+        if stage.has_arm:
+            checked = []
+        elif stage.over == "ablation.tasks":
+            checked = used
+        else:
+            checked = [p for use in uses if not takes_an_arm(use) for p in path_values(use, item)]
+        for path in checked:
             assert _inside(path, paths.SCRATCH) or any(_inside(path, d) for d in declared), (
                 f"{stage.module.name} uses {path}, which {stage.name} does not declare"
             )
@@ -464,7 +534,7 @@ def test_every_data_dep_is_produced_by_a_stage():
                 assert producers - {stage.name}, f"{stage.name}: no stage produces {path}"
 
 
-MEASURING_STAGES = {"evaluate", "report"}  # git-tracked results, rerun on a teammate's machine
+MEASURING_STAGES = {"evaluate", "ablation", "report"}  # git-tracked results, rerun on a teammate's machine
 
 
 @pytest.mark.parametrize("stage", [s for s in STAGES if s.name not in MEASURING_STAGES], ids=lambda s: s.name)
@@ -481,7 +551,7 @@ def test_stages_a_teammate_restores_keep_every_output_in_the_dvc_cache(stage: St
 def test_command_runs_the_stage_for_its_own_item(stage: Stage):
     args = shlex.split(stage.body["cmd"])
     assert args[:3] == ["python", "-m", "pipeline"]
-    assert stage.command == stage.name or (stage.name, stage.command) == ("prepare_dataset", "prepare")
+    assert stage.command == COMMAND_OF.get(stage.name, stage.name)
     assert stage.command in {c.name or c.callback.__name__ for c in app.registered_commands}
     options = dict(zip(args[4::2], args[5::2]))
     assert len(args[4:]) == 2 * len(options), f"{stage.name}: expected --option value pairs"

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from dvc_project import DvcRun, Project, copy_checkout
 from pipeline import paths
+from pipeline.io import read_json
 from smoke_profile import overrides, smoke_args, with_overrides
 from servers import MISSING, SSHD, S3Server, SshServer, s3_server, ssh_server
 
@@ -183,6 +185,57 @@ def test_repro_single_item_reruns_one_stage_with_identical_output(origin: Origin
 
     assert outputs(bob.lock()) == outputs(origin.alice.lock())
     assert bob.status() == {}  # the report reads metrics/evaluate alone
+
+
+# --------------------------------------------------------------------------- ablation arms
+
+
+ABLATION_ROWS = ("ablation_seeds@sst2-distilled", "ablation_seeds@sst2-baseline")
+
+
+def declare_arms(project: Project, **arms: Any) -> None:
+    """params.yaml with SST-2's ablation on and these arms (`reused_logits`, `new_logits`)."""
+    params_file = project.path / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["ablation"] |= {"tasks": ["sst2"], "reused_logits": {}, "new_logits": {}, **arms}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_ablation_arms_are_stages_of_their_own_and_adding_one_reruns_nothing(origin: Origin, tmp_path: Path, capsys):
+    """Soft targets alone reuse label@sst2's logits (no label stage of its own); an arm with an
+    augmentation of its own adds its augment, label and student stages and nothing else reruns."""
+    bob = origin.alice.clone(tmp_path / "bob", share_cache=True)
+    soft_only = {"soft_only": {"originals_only": True, "student": {"epochs": 2}}}
+    declare_arms(bob, reused_logits=soft_only)
+    added = {*ABLATION_ROWS, "ablation_reused@sst2-soft_only", "ablation@sst2"}
+    assert bob.stage_names() - origin.alice.stage_names() == added
+    assert set(bob.status()) == added | CONFIGURE  # configure's params changed; no existing stage else
+    first = bob.dvc("repro")
+    assert first.ran - PREPARE - CONFIGURE == added | {"report"}
+
+    table = read_json(bob.path / paths.ablation_metrics("sst2"))
+    metrics = read_json(bob.path / paths.metrics_file("sst2"))
+    assert [row["name"] for row in table["arms"]] == ["baseline", "soft_only", "distilled"]
+    assert all([s["seed"] for s in row["seeds"]] == [0, 1] for row in table["arms"])
+    for row in table["arms"]:  # seed 0 of the DAG's own students is the one evaluate scored
+        if row["role"] != "arm":
+            assert row["seeds"][0]["eval_accuracy"] == metrics[row["name"]]["eval_accuracy"]
+    soft = table["arms"][1]
+    assert soft["transfer_rows"] == metrics["data"]["train_rows"] and soft["logits"] == "task"
+    assert "## What the gain is made of" in (bob.path / paths.REPORTS / "results.md").read_text()
+
+    declare_arms(bob, reused_logits=soft_only, new_logits={"mask_only": {"augment": {"p_pos": 0.0, "p_ng": 0.0}}})
+    mask_only = {f"ablation_{kind}@sst2-mask_only" for kind in ("augment", "label", "student")}
+    assert set(bob.status()) == mask_only | CONFIGURE | {"ablation@sst2"}
+    second = bob.dvc("repro")
+    assert second.ran - PREPARE - CONFIGURE == mask_only | {"ablation@sst2", "report"}
+    assert bob.status() == {}
+    rows = read_json(bob.path / paths.ablation_metrics("sst2"))["arms"]
+    assert [row["name"] for row in rows] == ["baseline", "soft_only", "mask_only", "distilled"]
+    arm_corpus = pq.ParquetFile(bob.path / paths.arm_augmented("sst2", "mask_only"))
+    assert rows[2]["logits"] == "own" and rows[2]["transfer_rows"] == arm_corpus.metadata.num_rows
+    report_time(capsys, "ablation with soft_only (5 new stages)", first.seconds)
+    report_time(capsys, "adding mask_only (3 new stages)", second.seconds)
 
 
 # --------------------------------------------------------------------------- two teammates

@@ -1,0 +1,209 @@
+"""Ablation arms as data (params.yaml `ablation`): validation, resolved settings, the table.
+
+The stages themselves run for real in tests/test_e2e_dvc.py (`dvc repro` with arms declared).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import paths
+from pipeline.ablation import ablation_table
+from pipeline.configure import main as configure
+from pipeline.errors import PipelineError
+from pipeline.io import read_json
+from pipeline.params import ablation_order, load_arm, load_settings, parse_params, AugmentParams
+from pipeline.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+ARMS = {
+    "tasks": ["sst2"],
+    "seeds": [0, 1],
+    "reused_logits": {"soft_only": {"originals_only": True, "student": {"epochs": 10}}},
+    "new_logits": {"mask_only": {"augment": {"p_pos": 0.0, "p_ng": 0.0}}, "mask_pos": {"augment": {"p_ng": 0.0}}},
+}
+
+
+def with_ablation(**changes: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(PARAMS)
+    raw["ablation"] = {**copy.deepcopy(ARMS), **changes}
+    return raw
+
+
+def test_the_projects_arms_are_the_issues_three_and_run_no_task_by_default():
+    params = parse_params(PARAMS)
+    assert params.ablation.tasks == []
+    assert ablation_order(params.ablation) == ["baseline", "soft_only", "mask_only", "mask_pos", "distilled"]
+
+
+def test_each_row_resolves_over_the_tasks_own_settings():
+    params = parse_params(with_ablation())
+    student = params.student.for_task("sst2")
+    soft = params.arm("sst2", "soft_only")
+    assert (soft.variant, soft.logits, soft.originals_only, soft.seeds) == ("distilled", "task", True, [0, 1])
+    assert soft.student == student.model_copy(update={"epochs": 10})
+    mask = params.arm("sst2", "mask_only")
+    assert (mask.logits, mask.originals_only, mask.student) == ("own", False, student)
+    assert params.arm_augment("sst2", "mask_only") == params.augment.for_task("sst2").model_copy(
+        update={"p_pos": 0.0, "p_ng": 0.0}
+    )
+    assert params.arm_augment("sst2", "soft_only") is None
+    # The DAG's own students are rows at the other seeds only: their own seed is trained already.
+    for variant, originals_only in (("distilled", False), ("baseline", True)):
+        row = params.arm("sst2", variant)
+        assert (row.variant, row.seeds, row.originals_only, row.student) == (variant, [1], originals_only, student)
+
+
+def test_an_arm_resolves_over_a_tasks_own_subsection():
+    raw = with_ablation(tasks=["sst2", "mnli"])
+    params = parse_params(raw)
+    # augment.mnli.n_iter and student.mnli.epochs apply under the arm's overrides
+    assert params.arm_augment("mnli", "mask_pos").n_iter == PARAMS["augment"]["mnli"]["n_iter"]
+    assert params.arm("mnli", "mask_pos").student.epochs == PARAMS["student"]["mnli"]["epochs"]
+    assert params.arm("mnli", "soft_only").student.epochs == 10
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"new_logits": {"x": {"augment": {"p_typo": 0.1}}}}, "ablation.new_logits.x.augment.p_typo: not a key of augment"),
+        ({"reused_logits": {"x": {"student": {"alpha": 1.5}}}},
+         "ablation.reused_logits.x.student.alpha: Input should be less than or equal to 1"),
+        ({"reused_logits": {"x": {"originals": True}}}, "ablation.reused_logits.x.originals: Extra inputs are not permitted"),
+        ({"new_logits": {"baseline": {"augment": {"p_ng": 0.0}}}}, "ablation.new_logits.baseline: arm names are"),
+        ({"new_logits": {"x": {"augment": {"p_pos": 1.2}}}},
+         "ablation.new_logits.x.augment.p_pos: Input should be less than or equal to 1"),
+        ({"new_logits": {"x": {"augment": {"p_mask": 0.6, "p_pos": 0.6}}}},
+         "ablation.new_logits.x.augment.p_mask + p_pos must be at most 1"),
+        ({"new_logits": {"x": {"augment": {"p_ng": 0.25}}}}, "ablation.new_logits.x.augment: sst2's own augmentation"),
+        ({"new_logits": {"x": {"augment": {"p_ng": 0.0}}, "y": {"augment": {"p_ng": 0.0}}}},
+         "ablation.new_logits.y.augment: the same augmentation as arm 'x' for sst2"),
+        ({"reused_logits": {"x": {}}}, "ablation.reused_logits.x: changes nothing for sst2"),
+        ({"reused_logits": {"x": {"student": {"seed": 3}}}}, "ablation.reused_logits.x.student.seed: an arm trains at"),
+        ({"seeds": [0]}, "ablation.seeds: [0] must list at least two different seeds"),
+        ({"seeds": [1, 2]}, "ablation.seeds: [1, 2] must include sst2's student.seed 0"),
+        ({"tasks": ["cola"]}, "ablation.tasks: 'cola' is not in tasks"),
+    ],
+)
+def test_a_bad_arm_fails_at_load_time_with_its_key(changes, message):
+    with pytest.raises(PipelineError) as error:
+        parse_params(with_ablation(**changes))
+    assert str(error.value).startswith(f"params.yaml: {message}")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"new_logits": {"x": {"augment": {"p_typo": 0.1}}}}, "ablation.new_logits.x.augment.p_typo: not a key"),
+        ({"reused_logits": {"distilled": {"originals_only": True}}}, "ablation.reused_logits.distilled: arm names"),
+        ({"new_logits": {"x": {"augment": {"p_ng": -0.5}}}}, "ablation.new_logits.x.augment.p_ng: Input should be"),
+    ],
+    ids=["unknown-key", "variant-name", "probability"],
+)
+def test_a_bad_arm_is_one_error_line_before_any_stage_work(tmp_path, changes, message):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_ablation(**changes)))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "configure", "--task", "sst2"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: params.yaml: {message}"), result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_configure_writes_each_rows_files_and_the_stages_read_them_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_ablation()))
+    configure("sst2", Path("params.yaml"))
+    configure("qqp", Path("params.yaml"))
+    arms = paths.arms_settings_dir("sst2")
+    written = sorted(p.relative_to(arms).as_posix() for p in arms.rglob("*.json"))
+    assert written == [
+        "baseline/student.json", "distilled/student.json", "mask_only/augment.json", "mask_only/student.json",
+        "mask_pos/augment.json", "mask_pos/student.json", "soft_only/student.json",
+    ]
+    assert not paths.arms_settings_dir("qqp").exists()  # not in ablation.tasks
+    assert read_json(paths.arm_settings_file("sst2", "soft_only", "student"))["student"]["epochs"] == 10
+    assert load_arm("sst2", "soft_only").originals_only
+    assert load_settings(AugmentParams, "sst2", arm="mask_only").p_pos == 0.0
+    with pytest.raises(PipelineError, match="arm 'soft_only' has no augment settings of its own"):
+        load_settings(AugmentParams, "sst2", arm="soft_only")
+    # An edit after configure: the stage refuses the stale file rather than train with it.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_ablation(seeds=[0, 2])))
+    with pytest.raises(PipelineError, match=r"arms/soft_only/student.json: seeds differ from params.yaml \(rerun: dvc repro configure@sst2\)"):
+        load_arm("sst2", "soft_only")
+
+
+def training(seed: int, accuracy: float, variant: str = "distilled", rows: int = 100) -> dict[str, Any]:
+    return {
+        "variant": variant, "alpha": 0.0 if variant == "distilled" else 1.0, "epochs": 3, "train_rows": rows,
+        "best_epoch": 2, "best_dev": {"eval_accuracy": accuracy}, "params": {"seed": seed},
+    }
+
+
+def test_the_table_gives_every_seed_its_mean_and_spread_in_table_order():
+    params = parse_params(with_ablation(seeds=[1, 0]))
+    ablation = params.ablation
+    rows = {arm: params.arm("sst2", arm) for arm in ablation_order(ablation)}
+    trainings = {
+        "baseline": [training(0, 0.80, "baseline", 50), training(1, 0.82, "baseline", 50)],
+        "soft_only": [training(1, 0.84, rows=50), training(0, 0.83, rows=50)],
+        "mask_only": [training(0, 0.86, rows=300), training(1, 0.85, rows=300)],
+        "mask_pos": [training(0, 0.87), training(1, 0.87)],
+        "distilled": [training(0, 0.885, rows=900), training(1, 0.875, rows=900)],
+    }
+    table = ablation_table(get_task("sst2"), ablation, rows, trainings)
+    assert [r["name"] for r in table["arms"]] == ["baseline", "soft_only", "mask_only", "mask_pos", "distilled"]
+    assert [r["role"] for r in table["arms"]] == ["baseline", "arm", "arm", "arm", "full"]
+    assert [r["logits"] for r in table["arms"]] == ["none", "task", "own", "own", "task"]
+    assert (table["metric_keys"], table["seeds"], table["dev_split"]) == (["eval_accuracy"], [1, 0], "dev")
+    soft = table["arms"][1]
+    assert [(s["seed"], s["eval_accuracy"]) for s in soft["seeds"]] == [(1, 0.84), (0, 0.83)]  # ablation.seeds order
+    assert soft["mean"]["eval_accuracy"] == pytest.approx(0.835)
+    assert soft["spread"]["eval_accuracy"] == pytest.approx(0.01)
+    assert soft["transfer_rows"] == 50
+    assert soft["description"] == "teacher logits of the original rows only; student epochs 10"
+    assert table["arms"][2]["description"] == "augment p_pos 0, p_ng 0"
+    assert table["arms"][0]["settings"] == {"alpha": 1.0, "epochs": 3}
+
+
+def test_a_row_without_a_seeds_student_fails_naming_it():
+    params = parse_params(with_ablation())
+    ablation = params.ablation
+    rows = {arm: params.arm("sst2", arm) for arm in ablation_order(ablation)}
+    trainings = {arm: [training(0, 0.8), training(1, 0.8)] for arm in rows}
+    trainings["mask_pos"] = [training(0, 0.8)]
+    with pytest.raises(PipelineError, match="ablation row 'mask_pos' of sst2 has no student for seed 1"):
+        ablation_table(get_task("sst2"), ablation, rows, trainings)
+
+
+@pytest.mark.parametrize(
+    ("path", "stage"),
+    [
+        ("data/ablation/sst2/mask_only/augmented.parquet", "ablation_augment@sst2-mask_only"),
+        ("data/ablation/sst2/mask_only/logits.parquet", "ablation_label@sst2-mask_only"),
+        ("metrics/evaluate/sst2_ablation.json", "ablation@sst2"),
+        ("metrics/evaluate/sst2_speed.json", "evaluate@sst2"),
+    ],
+)
+def test_readers_name_the_stage_that_makes_an_ablation_output(path, stage):
+    assert paths.producing_stage(path) == stage
+
+
+def test_a_task_name_may_not_end_like_an_ablation_file():
+    raw = copy.deepcopy(PARAMS)
+    raw["tasks"] = [*raw["tasks"], "films_ablation"]
+    raw["datasets"] = {"films_ablation": {"dir": "d", "train": "t.csv", "dev": "d.csv", "text": "x", "label": "y"}}
+    with pytest.raises(PipelineError, match="datasets.films_ablation: task names are .* not ending in _speed or _ablation"):
+        parse_params(raw)

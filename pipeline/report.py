@@ -1,7 +1,8 @@
 """`report` stage: `reports/results.md` and its figures, from the metrics files alone.
 
 Every number of ours is read from `metrics/evaluate/<task>.json` and `metrics/evaluate/<task>_speed.json`
-(written by `evaluate`, which also copies each model's per-epoch dev scores there). What the
+(written by `evaluate`, which also copies each model's per-epoch dev scores there), and from
+`metrics/evaluate/<task>_ablation.json` for the tasks `ablation@<task>` ran on. What the
 report says about each task's data (official split sizes, known copies, where it comes from)
 and the published scores printed beside ours come from the task's declaration
 (pipeline/tasks.py, or `datasets` in params.yaml), so the report describes whatever tasks it
@@ -14,6 +15,7 @@ dev numbers are the closer comparison (METHOD.md §1.1, §2.4).
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,17 @@ PAPER_SETTINGS = (
 # A published row of the accuracy table: (model, source, evaluated on).
 PublishedRow = tuple[str, str, str]
 
+# --------------------------------------------------------------------------- the ablation
+
+# The keys the report reads of metrics/evaluate/<task>_ablation.json, and of each of its arms.
+ABLATION_KEYS = ("dev_split", "metric_keys", "seeds", "arms")
+ARM_KEYS = ("name", "role", "description", "transfer_rows", "logits", "seeds", "mean", "spread")
+# How the table names an arm by its role, so that its two ends, the recipes of the accuracy
+# table's two students, stand out from the arms between them.
+ARM_LABELS = {"baseline": "{name} (CE, gold labels)", "arm": "{name}", "full": "full method ({name})"}
+LOGITS_SOURCES = {"none": "none", "task": "label@{task} reused", "own": "own label stage"}
+SOFT_ONLY = "soft_only"  # the arm with the teacher's logits and no augmentation
+
 
 def published_rows(tasks: Sequence[TaskSpec]) -> dict[PublishedRow, dict[str, Mapping[str, str]]]:
     """The published rows for these tasks: row -> task name -> scores, in first-seen order.
@@ -96,12 +109,13 @@ class TaskResults:
     task: TaskSpec
     metrics: dict[str, Any]  # metrics/evaluate/<task>.json
     speed: dict[str, Any]  # metrics/evaluate/<task>_speed.json
+    ablation: dict[str, Any] | None = None  # metrics/evaluate/<task>_ablation.json, where ablated
 
     @property
     def metric_keys(self) -> list[str]:
         """The task's metric keys, one per metric and eval split, as evaluate writes them
         (an unavailable split's keys included: its cells say why they are empty)."""
-        return [f"eval_{m}{s.metric_suffix}" for s in self.task.eval_splits for m in self.task.metrics]
+        return metric_keys(self.task)
 
     @property
     def unavailable(self) -> dict[str, str]:
@@ -118,6 +132,10 @@ class TaskResults:
     def curves(self) -> dict[str, list[dict[str, float]]]:
         """Student variant -> one row per epoch (epoch, train_loss, dev metrics)."""
         return {v: self.metrics[v]["epochs"] for v in paths.STUDENT_VARIANTS}
+
+
+def metric_keys(task: TaskSpec) -> list[str]:
+    return [f"eval_{m}{s.metric_suffix}" for s in task.eval_splits for m in task.metrics]
 
 
 def _read_json(path: Path, stage: str) -> dict[str, Any]:
@@ -139,7 +157,53 @@ def load_results(task: TaskSpec) -> TaskResults:
             f"{paths.metrics_file(task.name)}: no entry for {', '.join(missing)} (rerun: dvc repro {stage})"
         )
     speed = _read_json(paths.speed_file(task.name), stage)
-    return TaskResults(task, metrics, speed)
+    return TaskResults(task, metrics, speed, load_ablation(task))
+
+
+def load_ablation(task: TaskSpec) -> dict[str, Any] | None:
+    """The task's ablation table, or None when `ablation.tasks` does not list the task.
+
+    A malformed file fails here, before the report writes anything, in one line that says
+    what is wrong and which stage rewrites it.
+    """
+    path = paths.ablation_metrics(task.name)
+    if not path.is_file():
+        return None
+    stage = f"ablation@{task.name}"
+    ablation = _read_json(path, stage)
+    problems = ablation_problems(task, ablation)
+    if problems:
+        raise PipelineError(f"{path}: {'; '.join(problems)} (rerun: dvc repro {stage})")
+    return ablation
+
+
+def ablation_problems(task: TaskSpec, ablation: dict[str, Any]) -> list[str]:
+    """What in an ablation file the report could not render ([] when nothing)."""
+    missing = [key for key in ABLATION_KEYS if key not in ablation]
+    if missing:
+        return [f"no entry for {', '.join(missing)}"]
+    keys, seeds, arms = ablation["metric_keys"], ablation["seeds"], ablation["arms"]
+    problems = [f"{key} is not a metric key of {task.name}" for key in keys if key not in metric_keys(task)]
+    problems += [f"no {what}" for what, given in (("metric keys", keys), ("seeds", seeds)) if not given]
+    roles = [arm.get("role") for arm in arms]
+    if len(arms) < 2 or roles != ["baseline", *["arm"] * (len(arms) - 2), "full"]:
+        problems.append(f"arm roles {roles}, expected baseline first, full last and arm between")
+    for i, arm in enumerate(arms):
+        name = arm.get("name", f"arms[{i}]")
+        missing = [key for key in ARM_KEYS if key not in arm]
+        if missing:
+            problems.append(f"arm {name}: no entry for {', '.join(missing)}")
+            continue
+        arm_seeds = [entry.get("seed") for entry in arm["seeds"]]
+        if arm_seeds != seeds:
+            problems.append(f"arm {name}: seeds {arm_seeds}, expected the file's seeds {seeds}")
+        if arm["logits"] not in LOGITS_SOURCES:
+            problems.append(f"arm {name}: logits {arm['logits']!r}, expected one of {', '.join(LOGITS_SOURCES)}")
+        missing = [f"{part}.{key}" for part in ("mean", "spread") for key in keys if key not in arm[part]]
+        missing += [f"seed {entry.get('seed')}.{key}" for entry in arm["seeds"] for key in keys if key not in entry]
+        if missing:
+            problems.append(f"arm {name}: no entry for {', '.join(missing)}")
+    return problems
 
 
 # --------------------------------------------------------------------------- formatting
@@ -170,6 +234,12 @@ def column_label(task: TaskSpec, key: str) -> str:
                 which = split.metric_suffix.replace("_", "-") or ("-m" if len(task.eval_splits) > 1 else "")
                 return f"{task.title}{which} {METRIC_ABBREVIATIONS.get(metric, metric)}"
     raise KeyError(f"{key} is not a metric of task {task.name}")
+
+
+def _listing(items: Sequence[object]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    words = [str(item) for item in items]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -234,8 +304,7 @@ def data_note(task: TaskSpec, data: dict[str, Any], unavailable: dict[str, str])
 
 def scores_in_percent(results: Sequence[TaskResults]) -> str:
     """"Accuracy and F1 in percent.": the metrics the table holds, named once each."""
-    names = list(dict.fromkeys(METRIC_NAMES[m] for r in results for m in r.task.metrics))
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    listed = _listing(list(dict.fromkeys(METRIC_NAMES[m] for r in results for m in r.task.metrics)))
     return f"{listed[0].upper()}{listed[1:]} in percent."
 
 
@@ -351,6 +420,106 @@ def settings_section(results: Sequence[TaskResults]) -> list[str]:
         *_table(header, rows),
         *(["", PAPER_SETTINGS] if cites_paper(results) else []),
     ]
+
+
+def ablation_section(results: Sequence[TaskResults]) -> list[str]:
+    """The ablation arms of each task that has them: how much of the distilled student's gain
+    over the baseline comes from the teacher's logits and how much from each augmentation
+    rule, the split the paper never measured (METHOD.md §2.3)."""
+    ablated = [(r.task, r.ablation) for r in results if r.ablation is not None]
+    if not ablated:
+        return []
+    lines = [
+        "",
+        "## What the gain is made of",
+        "",
+        "The paper has no ablation (METHOD.md §2.3): it never separates the teacher's soft targets from",
+        "the augmentation, nor one augmentation rule from another. Each row below trains the student as",
+        "its description says, from the baseline to the full method, and each step is the row against",
+        "the one above it. A step *exceeds the seed spread* when |difference of the two rows' means| >",
+        "max(spread of the two rows), both in points as printed.",
+    ]
+    for task, ablation in ablated:
+        lines += ["", f"### {task.title}", "", *task_ablation(task, ablation)]
+    return lines
+
+
+def task_ablation(task: TaskSpec, ablation: dict[str, Any]) -> list[str]:
+    """One task's ablation table, each step against the seed spread, and the gain split."""
+    keys, seeds, arms = ablation["metric_keys"], ablation["seeds"], ablation["arms"]
+    peer, primary = task.published_ablation, column_label(task, keys[0])
+    header = ["Arm", "What it trains on", "Teacher logits", "Transfer-set rows"]
+    for key in keys:
+        label = column_label(task, key)
+        header += [f"{label}: mean ({' / '.join(f'seed {s}' for s in seeds)})", f"{label} spread (points)"]
+    header += [f"Peer {primary}"] if peer else []
+    rows = []
+    for arm in arms:
+        row = [
+            ARM_LABELS[arm["role"]].format(name=arm["name"]),
+            arm["description"],
+            LOGITS_SOURCES[arm["logits"]].format(task=task.name),
+            f"{arm['transfer_rows']:,}",
+        ]
+        for key in keys:
+            each = " / ".join(pct(entry[key]) for entry in arm["seeds"])
+            row += [f"{pct(arm['mean'][key])} ({each})", f"{100 * arm['spread'][key]:.2f}"]
+        rows.append(row + ([peer.scores.get(arm["name"], "—")] if peer else []))
+    seeds_used = f"seed{'s' * (len(seeds) > 1)} {_listing(seeds)}"
+    lines = [
+        f"Each row is the mean over {seeds_used} on `{ablation['dev_split']}`, each seed's value in",
+        "brackets; spread = max − min over the seeds.",
+        "",
+        *_table(header, rows),
+        "",
+        *[f"- {step_sentence(task, keys[0], before, after)}" for before, after in itertools.pairwise(arms)],
+        "",
+        gain_split(f"The full method ({arms[-1]['name']})", _means(arms, keys[0]), arms, primary),
+    ]
+    if peer:
+        lines += [
+            "",
+            f"Peer column: {peer.model}; {peer.source}, {peer.evaluated_on}. Its teacher and student are "
+            + "not ours, so only its steps compare with ours, not its levels.",
+        ]
+        if all(arm["name"] in peer.scores for arm in (arms[0], arms[-1])):
+            scores = {name: float(score) for name, score in peer.scores.items()}
+            lines.append(gain_split("The peer's full method", scores, arms, primary))
+    return lines
+
+
+def _means(arms: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
+    """Arm name -> its mean over the seeds, in percent."""
+    return {arm["name"]: 100 * arm["mean"][key] for arm in arms}
+
+
+def step_sentence(task: TaskSpec, key: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What one arm adds over the row above it, against the seed spread of the two rows.
+
+    Both sides are compared as printed (points, 2 decimals), so the verdict always agrees
+    with the two numbers beside it.
+    """
+    step = 100 * (after["mean"][key] - before["mean"][key])
+    spread = 100 * max(after["spread"][key], before["spread"][key])
+    verdict = "larger than" if round(abs(step), 2) > round(spread, 2) else "within"
+    return (
+        f"{after['name']} adds {step:+.2f} points over {before['name']} ({column_label(task, key)}); "
+        f"that is {verdict} the seed spread ({spread:.2f} points)."
+    )
+
+
+def gain_split(subject: str, scores: Mapping[str, float], arms: Sequence[dict[str, Any]], label: str) -> str:
+    """The full method against the baseline, in `scores` (arm name -> percent): the question
+    the paper leaves open, so split, where there is a soft_only arm, into what the soft targets
+    give alone (soft_only − baseline) and what the augmentation adds (full − soft_only)."""
+    baseline, full = arms[0]["name"], arms[-1]["name"]
+    text = f"{subject} adds {scores[full] - scores[baseline]:+.2f} points over {baseline} ({label})"
+    if SOFT_ONLY in scores:
+        text += (
+            f": {scores[SOFT_ONLY] - scores[baseline]:+.2f} from the soft targets alone ({SOFT_ONLY} − {baseline})"
+            f" and {scores[full] - scores[SOFT_ONLY]:+.2f} from the augmentation ({full} − {SOFT_ONLY})"
+        )
+    return text + "."
 
 
 def _teacher_name(metrics: dict[str, Any]) -> str:
@@ -545,6 +714,12 @@ def figures_section(results: Sequence[TaskResults]) -> list[str]:
         f"![Dev score against CPU batch-1 latency]({FIGURES}/accuracy_vs_latency.png)",
         "",
         f"![Student training curves]({FIGURES}/training_curves.png)",
+        *[
+            line
+            for r in results
+            if r.ablation is not None
+            for line in ("", f"![{r.task.title} ablation arms]({FIGURES}/{ablation_figure(r.task)})")
+        ],
     ]
 
 
@@ -579,6 +754,7 @@ def render_markdown(results: Sequence[TaskResults]) -> str:
         *selection_section(results),
         "",
         *settings_section(results),
+        *ablation_section(results),
         "",
         *size_section(results),
         *speed_section(results),
@@ -655,7 +831,43 @@ def draw_figures(results: Sequence[TaskResults], out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     written.append(_save(fig, out_dir / "training_curves.png"))
+    written += [
+        _save(ablation_bars(r.task, r.ablation), out_dir / ablation_figure(r.task))
+        for r in results
+        if r.ablation is not None
+    ]
     return written
+
+
+def ablation_figure(task: TaskSpec) -> str:
+    return f"ablation_{task.name}.png"
+
+
+def ablation_bars(task: TaskSpec, ablation: dict[str, Any]) -> Any:
+    """One bar per arm (the mean of the primary metric), each seed a dot on it, so a step can
+    be judged against the seeds' scatter at a glance; the peer's scores as hollow diamonds."""
+    from matplotlib.figure import Figure
+
+    key, arms = ablation["metric_keys"][0], ablation["arms"]
+    means = [100 * arm["mean"][key] for arm in arms]
+    seeds = [(x, 100 * entry[key]) for x, arm in enumerate(arms) for entry in arm["seeds"]]
+    peer = task.published_ablation
+    peers = [(x, float(peer.scores[arm["name"]])) for x, arm in enumerate(arms) if peer and arm["name"] in peer.scores]
+    fig = Figure(figsize=(1.3 * len(arms) + 2, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(range(len(arms)), means, color="tab:blue", alpha=0.5, label="mean over seeds")
+    ax.scatter(*zip(*seeds), color="tab:blue", s=18, zorder=3, label="one seed")
+    if peers:
+        peer_style = {"marker": "D", "s": 50, "facecolors": "none", "edgecolors": "tab:orange", "zorder": 4}
+        ax.scatter(*zip(*peers), label="peer (other teacher, student)", **peer_style)  # hollow: seeds show through
+    # Bars from 0 would hide differences of a point: the axis starts just under the lowest value.
+    values = means + [y for _, y in seeds + peers]
+    ax.set_ylim(min(values) - 2, max(values) + 1)
+    ax.set_xticks(range(len(arms)), [arm["name"] for arm in arms], rotation=20, fontsize=8)
+    ax.set(title=f"{task.title}: ablation arms", ylabel=f"{column_label(task, key)}, dev (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -7,7 +7,8 @@ task never touches Python. Label ids follow the Hugging Face GLUE convention end
 (METHOD.md §0.10), so teacher, transfer set and student always agree.
 
 A task also carries what the report says about it: its official split sizes, the published
-scores to print beside ours, and notes on known copies of its data.
+scores to print beside ours (and a peer's ablation beside our ablation arms), and notes on
+known copies of its data.
 
 The archives' sha256 values are those Hugging Face `datasets` recorded for the same URLs
 (`datasets/glue/dataset_infos.json`, `download_checksums`); MNLI.zip's also matches a Git LFS
@@ -48,7 +49,7 @@ class PublishedScores:
     model: str
     source: str
     evaluated_on: str  # "GLUE test" or "GLUE dev"
-    scores: Mapping[str, str]
+    scores: Mapping[str, str]  # an ablation's (`published_ablation`): keyed by arm name instead
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class TaskSpec:
     description: str = ""  # where the data comes from, for the report
     official_rows: Mapping[str, int] = field(default_factory=dict)  # split -> official size
     published: tuple[PublishedScores, ...] = ()
+    # A peer's ablation, its primary metric per arm of metrics/evaluate/<task>_ablation.json.
+    published_ablation: PublishedScores | None = None
     source_notes: Mapping[str, str] = field(default_factory=dict)  # train file sha256 -> note
 
     @property
@@ -119,7 +122,14 @@ class TaskSpec:
     # to read them). configure writes the task twice: `source.json` for prepare, with the
     # source fields, and `task.json` for the stages after it, without: converting a CSV to
     # Parquet or moving the raw directory gives the same prepared data and reruns no model.
-    REPORT_FIELDS: ClassVar[tuple[str, ...]] = ("title", "description", "official_rows", "published", "source_notes")
+    REPORT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "title",
+        "description",
+        "official_rows",
+        "published",
+        "published_ablation",
+        "source_notes",
+    )
     SOURCE_FIELDS: ClassVar[tuple[str, ...]] = ("source_dir", "format", "header", "archive", "archive_sha256", "hub_config")
 
     def to_dict(self, with_source: bool) -> dict[str, Any]:
@@ -221,6 +231,14 @@ TASKS: dict[str, TaskSpec] = {
                     "bert-large-uncased",
                     ({"eval_accuracy": "93.00"}, {"eval_accuracy": "88.63"}, {"eval_accuracy": "82.32"}),
                 ),
+            ),
+            # dsindex's three students differ in their training data and loss alone (METHOD.md
+            # §2.3); the same README's rows as `published` prints them (§2.4).
+            published_ablation=PublishedScores(
+                "BERT-large teacher (93.00), BiLSTM H 300 / F 400 student with fastText vectors, Adam, 3 epochs",
+                "dsindex/distil-bilstm README (METHOD.md §2.3)",
+                "GLUE dev",
+                {"baseline": "82.32", "soft_only": "84.39", "distilled": "88.63"},
             ),
             source_notes={
                 "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1": "the official GLUE SST-2 files."

@@ -14,6 +14,7 @@ import pytest
 from pipeline import paths, report
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
+from pipeline.params import load_params
 from pipeline.tasks import SplitSpec, TaskSpec, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,9 +149,46 @@ SETTINGS = {
 }  # fmt: skip
 
 
+# Fixture ablation arms, in table order: name, role, description, logits, transfer-set rows,
+# and the first metric for seeds 0 and 1 (the others 0.1 under it). The steps over the row
+# above: +0.60 (spread 0.40), +0.40 (0.40: equal as printed), +1.20 (0.60), +2.40 (0.60).
+ARMS = (
+    ("baseline", "baseline", "CE on the gold labels of the original rows", "none", 67_349, (0.8380, 0.8360)),
+    ("soft_only", "arm", "teacher logits of the original rows only", "task", 67_349, (0.8450, 0.8410)),
+    ("mask_only", "arm", "augment p_pos 0, p_ng 0", "own", 812_345, (0.8490, 0.8450)),
+    ("mask_pos", "arm", "augment p_ng 0", "own", 1_034_567, (0.8620, 0.8560)),
+    ("distilled", "full", "the full method: every augmentation rule, alpha 0", "task", 1_359_373, (0.8800, 0.8860)),
+)  # fmt: skip
+
+
+def ablation_fixture(task_name: str) -> dict:
+    """metrics/evaluate/<task>_ablation.json as `ablation@<task>` writes it, for ARMS."""
+    keys = _metric_keys(task_name)
+    arms = []
+    for name, role, description, logits, rows, values in ARMS:
+        seeds = [
+            {"seed": seed, "best_epoch": 3, **{key: value - 0.1 * (i > 0) for i, key in enumerate(keys)}}
+            for seed, value in zip((0, 1), values)
+        ]
+        arms.append({
+            "name": name, "role": role, "description": description, "transfer_rows": rows, "logits": logits,
+            "settings": {"alpha": 1.0 if role == "baseline" else 0.0, "epochs": 10},
+            "seeds": seeds,
+            "mean": {key: sum(s[key] for s in seeds) / len(seeds) for key in keys},
+            "spread": {key: max(s[key] for s in seeds) - min(s[key] for s in seeds) for key in keys},
+        })  # fmt: skip
+    return {"task": task_name, "dev_split": "dev", "metric_keys": keys, "seeds": [0, 1], "arms": arms}
+
+
+def ablation_path(task_name: str) -> Path:
+    return paths.evaluate_metrics_dir() / f"{task_name}_ablation.json"
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp]\nglue: [sst2, qqp]\ndatasets: {}\n")
+    # dvc.yaml's ablation stages expand over these keys, so DVC needs them to read it
+    ablation = "ablation: {tasks: [], reused_logits: {}, new_logits: {}}\n"
+    (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp]\nglue: [sst2, qqp]\ndatasets: {}\n" + ablation)
     for task in FIXTURE_TASKS:
         write_fixture_metrics(tmp_path, task)
     monkeypatch.chdir(tmp_path)
@@ -428,3 +466,142 @@ def test_published_rows_keep_the_paper_then_the_peers():
         "qqp": {"eval_accuracy": "88.1", "eval_f1": "68.2"},
         "mnli": {"eval_accuracy": "73.0", "eval_accuracy_mm": "72.6"},
     }
+
+
+# --------------------------------------------------------------------------- the ablation
+
+
+def test_the_committed_report_is_what_the_committed_metrics_render(monkeypatch):
+    """Pins the report byte for byte: without ablation files it reads as before they existed."""
+    monkeypatch.chdir(ROOT)
+    params = load_params(Path("params.yaml"))
+    results = [report.load_results(params.task(name)) for name in params.tasks]
+    assert report.render_markdown(results) == (ROOT / "reports" / "results.md").read_text()
+
+
+def test_without_an_ablation_file_there_is_no_ablation_section(project):
+    results = [report.load_results(get_task(name)) for name in FIXTURE_TASKS]
+    assert all(r.ablation is None for r in results)
+    text = report.render_markdown(results)
+    assert "What the gain is made of" not in text and "ablation" not in text
+
+
+def test_an_ablation_adds_its_section_and_figure_and_nothing_else(project):
+    before = report.render_markdown([report.load_results(get_task(name)) for name in FIXTURE_TASKS])
+    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    after = report.render_markdown([report.load_results(get_task(name)) for name in FIXTURE_TASKS])
+    section = after[after.index("\n\n## What the gain is made of") : after.index("\n\n## 2. Size and speed")]
+    figure = "\n\n![SST-2 ablation arms](figures/ablation_sst2.png)"
+    assert after.count(figure) == 1 and "### SST-2" in section and "### QQP" not in section
+    assert after.replace(section, "").replace(figure, "") == before
+    # right after section 1 (accuracy, selection, training settings)
+    assert after.index("### Training settings") < after.index("## What the gain is made of")
+
+
+def test_the_ablation_table_shows_each_mean_and_each_seed(project):
+    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    assert "Each row is the mean over seeds 0 and 1 on `dev`, each seed's value in\nbrackets;" in text
+    assert "when |difference of the two rows' means| >\nmax(spread of the two rows)" in text
+    rows = [
+        (
+            "| Arm | What it trains on | Teacher logits | Transfer-set rows | SST-2 acc: mean (seed 0 / seed 1) "
+            "| SST-2 acc spread (points) | Peer SST-2 acc |"
+        ),
+        (
+            "| baseline (CE, gold labels) | CE on the gold labels of the original rows | none | 67,349 "
+            "| 83.70 (83.80 / 83.60) | 0.20 | 82.32 |"
+        ),
+        (
+            "| soft_only | teacher logits of the original rows only | label@sst2 reused | 67,349 "
+            "| 84.30 (84.50 / 84.10) | 0.40 | 84.39 |"
+        ),
+        "| mask_only | augment p_pos 0, p_ng 0 | own label stage | 812,345 | 84.70 (84.90 / 84.50) | 0.40 | — |",
+        "| mask_pos | augment p_ng 0 | own label stage | 1,034,567 | 85.90 (86.20 / 85.60) | 0.60 | — |",
+        (
+            "| full method (distilled) | the full method: every augmentation rule, alpha 0 | label@sst2 reused "
+            "| 1,359,373 | 88.30 (88.00 / 88.60) | 0.60 | 88.63 |"
+        ),
+    ]
+    section = text.split("## What the gain is made of")[1].split("## 2. Size and speed")[0]
+    assert [line for line in section.splitlines() if line.startswith("| ")] == rows  # header, then one per arm
+
+
+def test_each_step_is_read_against_the_seed_spread(project):
+    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    text = report.render_markdown([report.load_results(get_task("sst2"))])
+    steps = [line for line in text.splitlines() if " adds " in line and line.startswith("- ")]
+    assert steps == [
+        "- soft_only adds +0.60 points over baseline (SST-2 acc); that is larger than the seed spread (0.40 points).",
+        # equal to the spread as printed (0.40), though not in binary floating point: within
+        "- mask_only adds +0.40 points over soft_only (SST-2 acc); that is within the seed spread (0.40 points).",
+        "- mask_pos adds +1.20 points over mask_only (SST-2 acc); that is larger than the seed spread (0.60 points).",
+        "- distilled adds +2.40 points over mask_pos (SST-2 acc); that is larger than the seed spread (0.60 points).",
+    ]
+    assert (
+        "The full method (distilled) adds +4.60 points over baseline (SST-2 acc): +0.60 from the soft targets "
+        "alone (soft_only − baseline) and +4.00 from the augmentation (distilled − soft_only)." in text
+    )
+
+
+def test_the_peer_ablation_is_printed_as_steps_not_levels(project):
+    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    text = report.render_markdown([report.load_results(get_task("sst2"))])
+    peer = get_task("sst2").published_ablation
+    assert f"Peer column: {peer.model}; {peer.source}, {peer.evaluated_on}." in text
+    assert "BERT-large teacher" in peer.model and "dsindex/distil-bilstm README" in peer.source
+    assert "only its steps compare with ours, not its levels." in text
+    assert (
+        "The peer's full method adds +6.31 points over baseline (SST-2 acc): +2.07 from the soft targets alone "
+        "(soft_only − baseline) and +4.24 from the augmentation (distilled − soft_only)." in text
+    )
+
+
+def test_a_task_without_peer_numbers_gets_every_metric_and_no_peer_column(project):
+    write_json(ablation_fixture("qqp"), ablation_path("qqp"))
+    text = report.render_markdown([report.load_results(get_task(name)) for name in FIXTURE_TASKS])
+    assert (
+        "| Arm | What it trains on | Teacher logits | Transfer-set rows | QQP acc: mean (seed 0 / seed 1) "
+        "| QQP acc spread (points) | QQP F1: mean (seed 0 / seed 1) | QQP F1 spread (points) |" in text
+    )
+    assert "| label@qqp reused | 67,349 | 84.30 (84.50 / 84.10) | 0.40 | 74.30 (74.50 / 74.10) | 0.40 |" in text
+    assert "Peer" not in text and "### SST-2" not in text
+
+
+def test_the_ablation_figure_is_drawn_and_listed(project):
+    import matplotlib.image
+
+    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    report.main(Path("params.yaml"))
+    figures = project / "reports" / "figures"
+    assert sorted(f.name for f in figures.glob("ablation_*")) == ["ablation_sst2.png"]
+    figure = figures / "ablation_sst2.png"
+    assert figure.read_bytes().startswith(PNG_SIGNATURE)
+    height, width, _ = matplotlib.image.imread(figure).shape
+    assert height > 100 and width > 100
+    assert "![SST-2 ablation arms](figures/ablation_sst2.png)" in (project / "reports" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("break_it", "problem"),
+    [
+        (lambda a: a.pop("metric_keys"), "no entry for metric_keys"),
+        (lambda a: a["arms"][2].pop("mean"), "arm mask_only: no entry for mean"),
+        (lambda a: a["arms"][4]["seeds"][0].pop("eval_accuracy"), "arm distilled: no entry for seed 0.eval_accuracy"),
+        (lambda a: a["arms"][1].update(seeds=[]), "arm soft_only: seeds [], expected the file's seeds [0, 1]"),
+        (lambda a: a["arms"][3]["seeds"][1].update(seed=7), "arm mask_pos: seeds [0, 7], expected the file's seeds [0, 1]"),
+    ],
+    ids=["missing key", "arm missing a key", "seed missing a metric", "arm without seeds", "seeds disagree"],
+)  # fmt: skip
+def test_a_malformed_ablation_file_fails_in_one_line_before_anything_is_written(project, break_it, problem):
+    report.main(Path("params.yaml"))
+    before = (project / "reports" / "results.md").read_text()
+    ablation = ablation_fixture("sst2")
+    break_it(ablation)
+    write_json(ablation, ablation_path("sst2"))
+    with pytest.raises(PipelineError) as failure:
+        report.main(Path("params.yaml"))
+    assert str(failure.value) == f"metrics/evaluate/sst2_ablation.json: {problem} (rerun: dvc repro ablation@sst2)"
+    assert (project / "reports" / "results.md").read_text() == before
+    assert not (project / "reports" / "figures" / "ablation_sst2.png").exists()

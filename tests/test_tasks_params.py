@@ -172,7 +172,8 @@ def test_every_built_in_task_is_consistent():
         assert set(task.official_rows) <= {s.name for s in task.splits}, task.name
         assert (task.archive is None) == (task.archive_sha256 is None), task.name
         for_model_stages = dataclasses.replace(
-            task, title=task.name, description="", official_rows={}, published=(), source_notes={}
+            task, title=task.name, description="", official_rows={}, published=(), source_notes={},
+            published_ablation=None,
         )
         assert TaskSpec.from_dict(json.loads(json.dumps(task.to_dict(with_source=True)))) == for_model_stages
         assert TaskSpec.from_dict(task.to_dict(with_source=False)) == dataclasses.replace(

@@ -51,9 +51,10 @@ def _settings(values: dict[str, Any]) -> str:
 
 
 def summarize_row(
-    arm: str, description: str, logits: str, metric_keys: Sequence[str], trainings: Sequence[dict[str, Any]]
+    arm: str, description: str, row: ArmStudent, metric_keys: Sequence[str], trainings: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
-    """One table row from its students' training.json files, one per seed, in seed order."""
+    """One table row from what it trains and its students' training.json files, one per
+    seed, in seed order."""
     seeds = []
     for training in trainings:
         scores = training["best_dev"]
@@ -64,7 +65,8 @@ def summarize_row(
         "name": arm,
         "role": ROLES.get(arm, "arm"),
         "description": description,
-        "logits": "none" if first["variant"] == "baseline" else logits,
+        "logits": "none" if row.variant == "baseline" else row.logits,
+        "originals_only": row.originals_only,
         "transfer_rows": first["train_rows"],
         "settings": {"alpha": first["alpha"], "epochs": first["epochs"]},
         "seeds": seeds,
@@ -86,7 +88,7 @@ def ablation_table(
         if missing:
             raise PipelineError(f"ablation row {arm!r} of {task.name} has no student for seed {missing[0]}")
         ordered = [by_seed[s] for s in ablation.seeds]
-        table.append(summarize_row(arm, describe(arm, ablation), rows[arm].logits, metric_keys, ordered))
+        table.append(summarize_row(arm, describe(arm, ablation), rows[arm], metric_keys, ordered))
     return {
         "task": task.name,
         "dev_split": split.name,

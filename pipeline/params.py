@@ -428,19 +428,24 @@ class Params(_Section):
         repeated = set(ablation.reused_logits) & set(ablation.new_logits)
         if repeated:
             raise ValueError(f"ablation: arm {sorted(repeated)[0]!r} is declared under both reused_logits and new_logits")
+        for task in self.tasks:  # every key and value, even of arms no task runs yet
+            for name in ablation.arm_names:
+                self.arm(task, name)
+                self.arm_augment(task, name)
         for task in ablation.tasks:
             self._check_arms_of(task)
 
     def _check_arms_of(self, task: str) -> None:
         own_augment = self.augment.for_task(task)
+        full_method = _what_trains(self.student.for_task(task))
         sets: dict[str, str] = {}  # resolved augment settings (as JSON) -> the arm that has them
         for name in self.ablation.arm_names:
             arm = self.arm(task, name)
             kind = "reused_logits" if name in self.ablation.reused_logits else "new_logits"
-            if arm.logits == "task" and not arm.originals_only and arm.student == self.student.for_task(task):
+            if arm.logits == "task" and not arm.originals_only and _what_trains(arm.student) == full_method:
                 raise ValueError(
-                    f"ablation.{kind}.{name}: changes nothing for {task}; that is the full method, "
-                    "a row of the table already (set originals_only or a student override)"
+                    f"ablation.{kind}.{name}: changes nothing that {task}'s full method trains with; "
+                    "it is a row of the table already (set originals_only or another student setting)"
                 )
             augment = self.arm_augment(task, name)
             if augment is None:
@@ -454,7 +459,8 @@ class Params(_Section):
             if key in sets:
                 raise ValueError(
                     f"ablation.new_logits.{name}.augment: the same augmentation as arm {sets[key]!r} "
-                    f"for {task}, whose rows would be labelled twice; give the arms other settings"
+                    f"for {task}, whose rows would be labelled twice; each new_logits arm has one "
+                    "transfer set, so give this one other augment settings or merge the two arms"
                 )
             sets[key] = name
 
@@ -478,11 +484,13 @@ class Params(_Section):
         where = f"ablation.{kind}.{name}.student"
         if "seed" in declared.student:
             raise ValueError(f"{where}.seed: an arm trains at every seed of ablation.seeds; set those instead")
-        student = _override(student, declared.student, where)
-        return ArmStudent(
-            variant="distilled", logits=logits, originals_only=originals_only, seeds=list(self.ablation.seeds),
-            student=student,
-        )
+        if "baseline_epochs" in declared.student:
+            raise ValueError(f"{where}.baseline_epochs: an arm trains a distilled student for `epochs`; set that instead")
+        seeds = list(self.ablation.seeds)
+        # The task's student.seed is no input of an arm (its students train at `seeds`), so it
+        # must not reach the arm's settings file and retrain every arm when it changes.
+        student = _override(student, declared.student, where).model_copy(update={"seed": seeds[0]})
+        return ArmStudent(variant="distilled", logits=logits, originals_only=originals_only, seeds=seeds, student=student)
 
     def arm_augment(self, task: str, name: str) -> AugmentParams | None:
         """The transfer set an arm of `new_logits` augments for `task` (None: the arm has none)."""
@@ -505,6 +513,13 @@ class Params(_Section):
 
 
 S = TypeVar("S", bound=PerTaskSection)
+
+# Student settings that change how fast or at which seed a student trains, not what it learns.
+NOT_WHAT_TRAINS = ("seed", "threads")
+
+
+def _what_trains(student: StudentParams) -> dict[str, Any]:
+    return student.model_dump(exclude=set(NOT_WHAT_TRAINS))
 
 
 def ablation_order(ablation: AblationParams) -> list[str]:

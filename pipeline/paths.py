@@ -86,18 +86,18 @@ def student_dir(task: str, variant: str) -> Path:
     return MODELS / "student" / task / variant
 
 
+def ablation_students_dir(task: str) -> Path:
+    """Every ablation row's students of a task: what `ablation@<task>` depends on."""
+    return MODELS / "ablation" / task
+
+
 def arm_students_dir(task: str, arm: str) -> Path:
     """An ablation row's students, one directory per seed (`arm_student_dir`)."""
-    return MODELS / "ablation" / task / arm
+    return ablation_students_dir(task) / arm
 
 
 def arm_student_dir(task: str, arm: str, seed: int) -> Path:
     return arm_students_dir(task, arm) / f"seed-{seed}"
-
-
-def ablation_students_dir(task: str) -> Path:
-    """Every ablation row's students of a task: what its ablation summary reads."""
-    return MODELS / "ablation" / task
 
 
 def export_dir(task: str, variant: str) -> Path:

@@ -77,12 +77,11 @@ PublishedRow = tuple[str, str, str]
 
 # The keys the report reads of metrics/evaluate/<task>_ablation.json, and of each of its arms.
 ABLATION_KEYS = ("dev_split", "metric_keys", "seeds", "arms")
-ARM_KEYS = ("name", "role", "description", "transfer_rows", "logits", "seeds", "mean", "spread")
+ARM_KEYS = ("name", "role", "description", "transfer_rows", "logits", "originals_only", "seeds", "mean", "spread")
 # How the table names an arm by its role, so that its two ends, the recipes of the accuracy
 # table's two students, stand out from the arms between them.
 ARM_LABELS = {"baseline": "{name} (CE, gold labels)", "arm": "{name}", "full": "full method ({name})"}
 LOGITS_SOURCES = {"none": "none", "task": "label@{task} reused", "own": "own label stage"}
-SOFT_ONLY = "soft_only"  # the arm with the teacher's logits and no augmentation
 
 
 def published_rows(tasks: Sequence[TaskSpec]) -> dict[PublishedRow, dict[str, Mapping[str, str]]]:
@@ -142,7 +141,9 @@ def _read_json(path: Path, stage: str) -> dict[str, Any]:
     return read_json(path, stage)
 
 
-def load_results(task: TaskSpec) -> TaskResults:
+def load_results(task: TaskSpec, ablated: bool = False) -> TaskResults:
+    """A task's evaluate files, and its ablation table when `ablation.tasks` lists the task
+    (a table left behind by an earlier run of the ablation is not the recorded run's)."""
     stage = f"evaluate@{task.name}"
     metrics = _read_json(paths.metrics_file(task.name), stage)
     missing = [m for m in (TEACHER, DISTILLED, BASELINE, "data") if m not in metrics]
@@ -157,19 +158,16 @@ def load_results(task: TaskSpec) -> TaskResults:
             f"{paths.metrics_file(task.name)}: no entry for {', '.join(missing)} (rerun: dvc repro {stage})"
         )
     speed = _read_json(paths.speed_file(task.name), stage)
-    return TaskResults(task, metrics, speed, load_ablation(task))
+    return TaskResults(task, metrics, speed, load_ablation(task) if ablated else None)
 
 
-def load_ablation(task: TaskSpec) -> dict[str, Any] | None:
-    """The task's ablation table, or None when `ablation.tasks` does not list the task.
+def load_ablation(task: TaskSpec) -> dict[str, Any]:
+    """The task's ablation table.
 
     A malformed file fails here, before the report writes anything, in one line that says
     what is wrong and which stage rewrites it.
     """
-    path = paths.ablation_metrics(task.name)
-    if not path.is_file():
-        return None
-    stage = f"ablation@{task.name}"
+    path, stage = paths.ablation_metrics(task.name), f"ablation@{task.name}"
     ablation = _read_json(path, stage)
     problems = ablation_problems(task, ablation)
     if problems:
@@ -508,16 +506,22 @@ def step_sentence(task: TaskSpec, key: str, before: dict[str, Any], after: dict[
     )
 
 
+def soft_targets_alone(arms: Sequence[dict[str, Any]]) -> str | None:
+    """The first arm trained on the teacher's logits of the original rows alone, if any: by
+    what it trains on, not by its name."""
+    return next((a["name"] for a in arms if a["role"] == "arm" and a["originals_only"] and a["logits"] == "task"), None)
+
+
 def gain_split(subject: str, scores: Mapping[str, float], arms: Sequence[dict[str, Any]], label: str) -> str:
     """The full method against the baseline, in `scores` (arm name -> percent): the question
-    the paper leaves open, so split, where there is a soft_only arm, into what the soft targets
-    give alone (soft_only − baseline) and what the augmentation adds (full − soft_only)."""
-    baseline, full = arms[0]["name"], arms[-1]["name"]
+    the paper leaves open, so split, where an arm trains on soft targets alone, into what they
+    give (that arm − baseline) and what the augmentation adds (full − that arm)."""
+    baseline, full, soft = arms[0]["name"], arms[-1]["name"], soft_targets_alone(arms)
     text = f"{subject} adds {scores[full] - scores[baseline]:+.2f} points over {baseline} ({label})"
-    if SOFT_ONLY in scores:
+    if soft in scores:
         text += (
-            f": {scores[SOFT_ONLY] - scores[baseline]:+.2f} from the soft targets alone ({SOFT_ONLY} − {baseline})"
-            f" and {scores[full] - scores[SOFT_ONLY]:+.2f} from the augmentation ({full} − {SOFT_ONLY})"
+            f": {scores[soft] - scores[baseline]:+.2f} from the soft targets alone ({soft} − {baseline})"
+            f" and {scores[full] - scores[soft]:+.2f} from the augmentation ({full} − {soft})"
         )
     return text + "."
 
@@ -913,7 +917,7 @@ def main(params_path: Path) -> None:
     params = load_params(params_path)
     tasks = [params.task(name) for name in params.tasks]  # built-in or declared under `datasets`
     with stage_run(log, "report", tasks=",".join(t.name for t in tasks)) as summary:
-        results = [load_results(task) for task in tasks]
+        results = [load_results(task, ablated=task.name in params.ablation.tasks) for task in tasks]
         with atomic_path(paths.REPORTS) as out:
             out.mkdir()
             (out / "results.md").write_text(render_markdown(results))

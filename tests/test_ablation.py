@@ -63,6 +63,19 @@ def test_each_row_resolves_over_the_tasks_own_settings():
         assert (row.variant, row.seeds, row.originals_only, row.student) == (variant, [1], originals_only, student)
 
 
+def test_the_tasks_student_seed_retrains_only_the_rows_of_the_dags_own_students():
+    """An arm trains at ablation.seeds: student.seed is no input of its settings file."""
+    before = parse_params(with_ablation())
+    raw = with_ablation()
+    raw["student"]["seed"] = 1
+    after = parse_params(raw)
+    for arm in ("soft_only", "mask_only", "mask_pos"):
+        assert after.arm("sst2", arm) == before.arm("sst2", arm)
+        assert after.arm("sst2", arm).student.seed == 0  # the row's first seed
+    for variant in ("distilled", "baseline"):
+        assert (before.arm("sst2", variant).seeds, after.arm("sst2", variant).seeds) == ([1], [0])
+
+
 def test_an_arm_resolves_over_a_tasks_own_subsection():
     raw = with_ablation(tasks=["sst2", "mnli"])
     params = parse_params(raw)
@@ -87,8 +100,15 @@ def test_an_arm_resolves_over_a_tasks_own_subsection():
         ({"new_logits": {"x": {"augment": {"p_ng": 0.25}}}}, "ablation.new_logits.x.augment: sst2's own augmentation"),
         ({"new_logits": {"x": {"augment": {"p_ng": 0.0}}, "y": {"augment": {"p_ng": 0.0}}}},
          "ablation.new_logits.y.augment: the same augmentation as arm 'x' for sst2"),
-        ({"reused_logits": {"x": {}}}, "ablation.reused_logits.x: changes nothing for sst2"),
+        ({"reused_logits": {"x": {}}}, "ablation.reused_logits.x: changes nothing that sst2's full method trains"),
+        # threads set how fast a student trains, not what it learns
+        ({"reused_logits": {"x": {"student": {"threads": 2}}}}, "ablation.reused_logits.x: changes nothing that"),
         ({"reused_logits": {"x": {"student": {"seed": 3}}}}, "ablation.reused_logits.x.student.seed: an arm trains at"),
+        ({"reused_logits": {"x": {"student": {"baseline_epochs": 3}}}},
+         "ablation.reused_logits.x.student.baseline_epochs: an arm trains a distilled student for `epochs`"),
+        # checked even while no task runs the ablation, not first when one is added to tasks
+        ({"tasks": [], "new_logits": {"x": {"augment": {"p_ng": 1.5}}}},
+         "ablation.new_logits.x.augment.p_ng: Input should be less than or equal to 1"),
         ({"seeds": [0]}, "ablation.seeds: [0] must list at least two different seeds"),
         ({"seeds": [1, 2]}, "ablation.seeds: [1, 2] must include sst2's student.seed 0"),
         ({"tasks": ["cola"]}, "ablation.tasks: 'cola' is not in tasks"),
@@ -167,6 +187,7 @@ def test_the_table_gives_every_seed_its_mean_and_spread_in_table_order():
     assert [r["name"] for r in table["arms"]] == ["baseline", "soft_only", "mask_only", "mask_pos", "distilled"]
     assert [r["role"] for r in table["arms"]] == ["baseline", "arm", "arm", "arm", "full"]
     assert [r["logits"] for r in table["arms"]] == ["none", "task", "own", "own", "task"]
+    assert [r["originals_only"] for r in table["arms"]] == [True, True, False, False, False]
     assert (table["metric_keys"], table["seeds"], table["dev_split"]) == (["eval_accuracy"], [1, 0], "dev")
     soft = table["arms"][1]
     assert [(s["seed"], s["eval_accuracy"]) for s in soft["seeds"]] == [(1, 0.84), (0, 0.83)]  # ablation.seeds order

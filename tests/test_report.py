@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,7 @@ SETTINGS = {
 
 
 # Fixture ablation arms, in table order: name, role, description, logits, transfer-set rows,
-# and the first metric for seeds 0 and 1 (the others 0.1 under it). The steps over the row
+# (originals_only: the transfer rows equal the baseline's), and the first metric for seeds 0 and 1 (the others 0.1 under it). The steps over the row
 # above: +0.60 (spread 0.40), +0.40 (0.40: equal as printed), +1.20 (0.60), +2.40 (0.60).
 ARMS = (
     ("baseline", "baseline", "CE on the gold labels of the original rows", "none", 67_349, (0.8380, 0.8360)),
@@ -172,6 +173,7 @@ def ablation_fixture(task_name: str) -> dict:
         ]
         arms.append({
             "name": name, "role": role, "description": description, "transfer_rows": rows, "logits": logits,
+            "originals_only": rows == ARMS[0][4],
             "settings": {"alpha": 1.0 if role == "baseline" else 0.0, "epochs": 10},
             "seeds": seeds,
             "mean": {key: sum(s[key] for s in seeds) / len(seeds) for key in keys},
@@ -184,11 +186,25 @@ def ablation_path(task_name: str) -> Path:
     return paths.evaluate_metrics_dir() / f"{task_name}_ablation.json"
 
 
+def write_params(root: Path, ablated: Sequence[str] = ()) -> None:
+    # dvc.yaml's ablation stages expand over these keys, so DVC needs them to read it
+    ablation = f"ablation: {{tasks: [{', '.join(ablated)}], reused_logits: {{}}, new_logits: {{}}}}\n"
+    (root / "params.yaml").write_text("tasks: [sst2, qqp]\nglue: [sst2, qqp]\ndatasets: {}\n" + ablation)
+
+
+def ablate(root: Path, task_name: str, ablation: dict | None = None) -> None:
+    """What `ablation@<task>` leaves: the task in ablation.tasks, and its table."""
+    write_params(root, [task_name])
+    write_json(ablation or ablation_fixture(task_name), ablation_path(task_name))
+
+
+def rendered(*task_names: str, ablated: Sequence[str] = ("sst2",)) -> str:
+    return report.render_markdown([report.load_results(get_task(n), ablated=n in ablated) for n in task_names])
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    # dvc.yaml's ablation stages expand over these keys, so DVC needs them to read it
-    ablation = "ablation: {tasks: [], reused_logits: {}, new_logits: {}}\n"
-    (tmp_path / "params.yaml").write_text("tasks: [sst2, qqp]\nglue: [sst2, qqp]\ndatasets: {}\n" + ablation)
+    write_params(tmp_path)
     for task in FIXTURE_TASKS:
         write_fixture_metrics(tmp_path, task)
     monkeypatch.chdir(tmp_path)
@@ -479,17 +495,33 @@ def test_the_committed_report_is_what_the_committed_metrics_render(monkeypatch):
     assert report.render_markdown(results) == (ROOT / "reports" / "results.md").read_text()
 
 
-def test_without_an_ablation_file_there_is_no_ablation_section(project):
+def test_without_an_ablation_there_is_no_ablation_section(project):
     results = [report.load_results(get_task(name)) for name in FIXTURE_TASKS]
     assert all(r.ablation is None for r in results)
     text = report.render_markdown(results)
     assert "What the gain is made of" not in text and "ablation" not in text
 
 
+def test_a_table_left_by_an_earlier_ablation_is_not_reported(project):
+    """Taking a task out of ablation.tasks leaves its git-tracked table behind: not the run's."""
+    report.main(Path("params.yaml"))
+    before = (project / "reports" / "results.md").read_text()
+    ablate(project, "sst2")
+    write_params(project, ablated=[])
+    report.main(Path("params.yaml"))
+    assert (project / "reports" / "results.md").read_text() == before
+
+
+def test_an_ablated_task_without_its_table_fails_in_one_line(project):
+    write_params(project, ablated=["sst2"])
+    with pytest.raises(PipelineError, match=r"sst2_ablation.json: file not found \(run: dvc repro ablation@sst2\)"):
+        report.main(Path("params.yaml"))
+
+
 def test_an_ablation_adds_its_section_and_figure_and_nothing_else(project):
-    before = report.render_markdown([report.load_results(get_task(name)) for name in FIXTURE_TASKS])
-    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
-    after = report.render_markdown([report.load_results(get_task(name)) for name in FIXTURE_TASKS])
+    before = rendered(*FIXTURE_TASKS, ablated=())
+    ablate(project, "sst2")
+    after = rendered(*FIXTURE_TASKS)
     section = after[after.index("\n\n## What the gain is made of") : after.index("\n\n## 2. Size and speed")]
     figure = "\n\n![SST-2 ablation arms](figures/ablation_sst2.png)"
     assert after.count(figure) == 1 and "### SST-2" in section and "### QQP" not in section
@@ -499,7 +531,7 @@ def test_an_ablation_adds_its_section_and_figure_and_nothing_else(project):
 
 
 def test_the_ablation_table_shows_each_mean_and_each_seed(project):
-    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    ablate(project, "sst2")
     report.main(Path("params.yaml"))
     text = (project / "reports" / "results.md").read_text()
     assert "Each row is the mean over seeds 0 and 1 on `dev`, each seed's value in\nbrackets;" in text
@@ -529,8 +561,8 @@ def test_the_ablation_table_shows_each_mean_and_each_seed(project):
 
 
 def test_each_step_is_read_against_the_seed_spread(project):
-    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
-    text = report.render_markdown([report.load_results(get_task("sst2"))])
+    ablate(project, "sst2")
+    text = rendered("sst2")
     steps = [line for line in text.splitlines() if " adds " in line and line.startswith("- ")]
     assert steps == [
         "- soft_only adds +0.60 points over baseline (SST-2 acc); that is larger than the seed spread (0.40 points).",
@@ -546,8 +578,8 @@ def test_each_step_is_read_against_the_seed_spread(project):
 
 
 def test_the_peer_ablation_is_printed_as_steps_not_levels(project):
-    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
-    text = report.render_markdown([report.load_results(get_task("sst2"))])
+    ablate(project, "sst2")
+    text = rendered("sst2")
     peer = get_task("sst2").published_ablation
     assert f"Peer column: {peer.model}; {peer.source}, {peer.evaluated_on}." in text
     assert "BERT-large teacher" in peer.model and "dsindex/distil-bilstm README" in peer.source
@@ -559,8 +591,8 @@ def test_the_peer_ablation_is_printed_as_steps_not_levels(project):
 
 
 def test_a_task_without_peer_numbers_gets_every_metric_and_no_peer_column(project):
-    write_json(ablation_fixture("qqp"), ablation_path("qqp"))
-    text = report.render_markdown([report.load_results(get_task(name)) for name in FIXTURE_TASKS])
+    ablate(project, "qqp")
+    text = rendered(*FIXTURE_TASKS, ablated=["qqp"])
     assert (
         "| Arm | What it trains on | Teacher logits | Transfer-set rows | QQP acc: mean (seed 0 / seed 1) "
         "| QQP acc spread (points) | QQP F1: mean (seed 0 / seed 1) | QQP F1 spread (points) |" in text
@@ -572,7 +604,7 @@ def test_a_task_without_peer_numbers_gets_every_metric_and_no_peer_column(projec
 def test_the_ablation_figure_is_drawn_and_listed(project):
     import matplotlib.image
 
-    write_json(ablation_fixture("sst2"), ablation_path("sst2"))
+    ablate(project, "sst2")
     report.main(Path("params.yaml"))
     figures = project / "reports" / "figures"
     assert sorted(f.name for f in figures.glob("ablation_*")) == ["ablation_sst2.png"]
@@ -599,9 +631,22 @@ def test_a_malformed_ablation_file_fails_in_one_line_before_anything_is_written(
     before = (project / "reports" / "results.md").read_text()
     ablation = ablation_fixture("sst2")
     break_it(ablation)
-    write_json(ablation, ablation_path("sst2"))
+    ablate(project, "sst2", ablation)
     with pytest.raises(PipelineError) as failure:
         report.main(Path("params.yaml"))
     assert str(failure.value) == f"metrics/evaluate/sst2_ablation.json: {problem} (rerun: dvc repro ablation@sst2)"
     assert (project / "reports" / "results.md").read_text() == before
     assert not (project / "reports" / "figures" / "ablation_sst2.png").exists()
+
+
+def test_the_gain_is_split_at_the_arm_that_trains_on_soft_targets_alone_whatever_its_name(project):
+    ablation = ablation_fixture("sst2")
+    ablation["arms"][1]["name"] = "logits_of_originals"
+    ablate(project, "sst2", ablation)
+    assert (
+        "+0.60 from the soft targets alone (logits_of_originals − baseline) and +4.00 from the augmentation "
+        "(distilled − logits_of_originals)." in rendered("sst2")
+    )
+    ablation["arms"][1].update(name="soft_only", originals_only=False, transfer_rows=1_359_373)
+    ablate(project, "sst2", ablation)
+    assert "The full method (distilled) adds +4.60 points over baseline (SST-2 acc)." in rendered("sst2")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 
 def pick_device() -> torch.device:
@@ -17,25 +20,40 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX (what oneDNN's bf16 kernels need)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`; None means plain fp32.
 
-    "auto" is bf16 on GPUs that support it and fp32 elsewhere, so CPU results stay exact
-    unless asked otherwise. "bf16" on a CPU with native bf16 instructions (AVX512-BF16, AMX)
-    is allowed: on such a CPU it makes BERT inference about 2.5x faster.
+    "fp32" is exact everywhere. "auto" is bf16 on GPUs that support it and fp32 on every
+    CPU, so CPU results stay exact unless asked otherwise. "bf16" is bf16 wherever the
+    hardware computes it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX: about 2.5x
+    faster BERT inference there) and fp32 elsewhere, with a warning: emulated bf16 would be
+    slower than fp32, so the shipped params.yaml runs on any machine. The dtype actually used
+    is what each stage records in its outputs. "fp16" needs a GPU.
     """
     if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if native_bf16(device):
+            return torch.bfloat16
+        log.warning(
+            "precision=bf16: this %s has no native bf16; computing in fp32 (recorded in the outputs)",
+            device.type.upper(),
+        )
         return None
     if device.type != "cuda":
         if precision == "auto":
             return None
-        if precision == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return torch.bfloat16
         raise PipelineError(
-            f"precision={precision} is not supported on this CPU; use precision: auto or fp32"
+            f"precision={precision} needs a GPU; use precision: bf16, auto or fp32 on a CPU"
         )
     if precision == "fp16":
         return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

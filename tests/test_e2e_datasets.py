@@ -1,6 +1,6 @@
 """Your own data, end to end: three datasets declared in params.yaml, run by `dvc repro`.
 
-A new user's path (README, Your own data): put the files in data/raw/<name>/, `dvc add`
+A new user's path (docs/own-data.md): put the files in data/raw/<name>/, `dvc add`
 them, declare the task under `datasets` and list it in `tasks`; no Python changes. The
 datasets are built here: a 3-class single-sentence CSV with declared classes, a binary pair
 JSON Lines file, and a Parquet file whose integer classes are inferred from train. Settings
@@ -23,10 +23,10 @@ import yaml
 
 from dvc_project import ENV, Project, copy_checkout
 from pipeline import paths
-from pipeline.io import read_metadata
+from pipeline.io import read_metadata, read_yaml
 from smoke_profile import with_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 TASKS = ["tickets", "pairs", "reviews"]
 DATASETS = {
@@ -69,7 +69,6 @@ TINY = {  # one pass of everything, on short inputs
     "teacher.max_length": 32,
     "augment.n_iter": 1,
     "label.max_length": 32,
-    "label.precision": "auto",  # fp32 on a CPU: the recorded bf16 needs AVX512-BF16 or AMX
     "student.epochs": 1,
     "student.baseline_epochs": 1,
     "evaluate.max_length": 32,
@@ -136,7 +135,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     """A fresh copy of the project with only the three datasets, after its first `dvc repro`."""
     user = Project(tmp_path_factory.mktemp("datasets") / "user")
     copy_checkout(user.path)
-    params = yaml.safe_load((user.path / "params.yaml").read_text())
+    params = read_yaml(user.path / "params.yaml")
     (user.path / "params.yaml").write_text(yaml.safe_dump(with_overrides(params, TINY), sort_keys=False))
     write_raw_data(user.path, random.Random(0))
     user.git("init", "-q")
@@ -197,3 +196,22 @@ def test_editing_one_raw_file_reruns_exactly_that_tasks_chain(project, tmp_path)
     run = bob.dvc("repro")
     assert run.ran == chain("tickets") | {"report"}
     assert bob.status() == {}
+
+
+def test_classes_named_no_and_yes_survive_dvc_rewriting_params(project, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml as YAML 1.2, where the classes `no` and `yes`
+    need no quotes; the pipeline reads the file as DVC does, so they stay strings."""
+    user, _ = project
+    bob = user.clone(tmp_path / "bob", share_cache=True)
+    params = bob.path / "params.yaml"
+    assert "- 'no'\n" in params.read_text()  # as PyYAML wrote it, quoted for YAML 1.1
+    run = bob.dvc("exp", "run", "-S", "+student.pairs.dropout=0.2")
+    rewritten = params.read_text()
+    assert "- no\n" in rewritten and "positive_label: yes\n" in rewritten and "'no'" not in rewritten
+    assert run.ran == {f"configure@{t}" for t in TASKS} | {
+        "student@pairs-distilled", "student@pairs-baseline", "export@pairs-distilled",
+        "export@pairs-baseline", "evaluate@pairs", "report",
+    }
+    config = json.loads((bob.path / paths.student_dir("pairs", "distilled") / "config.json").read_text())
+    assert config["label_names"] == ["no", "yes"] and config["is_pair"]
+    assert json.loads((bob.path / paths.metrics_file("pairs")).read_text())["distilled"]["eval_f1"] >= 0

@@ -2,13 +2,14 @@
 
 The suite passes on a fresh clone with nothing beside it: tests read real rows from the
 sample embedded in samples/glue, and the POS tagger shipped in nltk_data/ (pipeline/bundled.py).
-The few tests about the full GLUE files themselves (row counts, QQP's malformed first row)
-read them from $GLUE_DIR, else ../shared/glue, and are skipped where neither exists; CI
-(.ci/run) provides them.
+The few tests about material the repository cannot hold (the full GLUE files: row counts,
+QQP's malformed first row; the shared tagger the shipped one was copied from) ask for it with
+`outside_material`, which finds it under $DISTILL_SHARED (default ../shared, or $GLUE_DIR for
+the GLUE files) and skips with its reason where it is absent.
 
-CI also sets DISTILL_STRICT_SKIPS=1: there a skipped test fails, unless what it lacks is the
-full GLUE files, which the repository cannot hold. A test skipped in CI proves nothing, and
-everything else a test needs (the SSH server, the S3 server) CI installs.
+CI sets DISTILL_STRICT_SKIPS=1: there a skipped test fails, unless what it lacks is such
+outside material. A test skipped in CI proves nothing, and everything else a test needs (the
+SSH server, the S3 server) CI installs; with ../shared beside the clone nothing is skipped.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ import pytest
 from pipeline.bundled import SAMPLE_GLUE
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("DISTILL_SHARED") or ROOT.parent / "shared")
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-FULL_GLUE_SKIP = "needs the full GLUE files"  # the one skip CI allows
+OUTSIDE_SKIP = "needs material outside the repository"  # the one skip CI allows
+
+
+def outside_material(relative: str, what: str, env: str | None = None) -> Path:
+    """`relative` under the shared material ($DISTILL_SHARED, default ../shared), or `$env`
+    where that is set; skips the calling test, exempt from strict mode, where it is absent."""
+    path = Path(os.environ[env]) if env and os.environ.get(env) else SHARED / relative
+    if not path.exists():
+        how = f"set {env} or DISTILL_SHARED" if env else "set DISTILL_SHARED"
+        pytest.skip(f"{OUTSIDE_SKIP}: {what}, none at {path} ({how})")
+    return path
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -35,7 +46,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.skipped and os.environ.get("DISTILL_STRICT_SKIPS") == "1" and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        if FULL_GLUE_SKIP not in reason:
+        if OUTSIDE_SKIP not in reason:
             report.outcome = "failed"
             report.longrepr = f"skipped where DISTILL_STRICT_SKIPS=1 (CI): {reason}; install what it needs in .ci/run"
 
@@ -53,11 +64,17 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    """The full GLUE files ($GLUE_DIR, else ../shared/glue); skips the test where there are none."""
-    path = Path(os.environ.get("GLUE_DIR") or SHARED / "glue")
+    """The full GLUE files ($GLUE_DIR, else the shared glue/)."""
+    path = outside_material("glue", "the full GLUE files", env="GLUE_DIR")
     if not (path / "SST-2" / "train.tsv").is_file():
-        pytest.skip(f"{FULL_GLUE_SKIP}: none under {path} (set GLUE_DIR)")
+        pytest.skip(f"{OUTSIDE_SKIP}: the full GLUE files, no SST-2/train.tsv under {path} (set GLUE_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_nltk_data() -> Path:
+    """The shared NLTK data the shipped tagger (nltk_data/) was copied from."""
+    return outside_material("nltk_data", "the shared NLTK tagger")
 
 
 @pytest.fixture(scope="session")

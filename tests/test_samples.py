@@ -60,10 +60,8 @@ def test_shipped_tagger_files_are_as_recorded():
         assert (path.stat().st_size, file_sha256(path)) == (int(row["bytes"]), row["sha256"])
 
 
-def test_shipped_tagger_is_the_shared_one():
-    shared = ROOT.parent / "shared" / "nltk_data" / TAGGER_RESOURCE
-    if not shared.is_dir():
-        pytest.skip(f"no shared tagger at {shared} to compare with")
+def test_shipped_tagger_is_the_shared_one(shared_nltk_data):
+    shared = shared_nltk_data / TAGGER_RESOURCE
     for name in TAGGER_FILES:
         assert file_sha256(NLTK_DATA / TAGGER_RESOURCE / name) == file_sha256(shared / name)
 

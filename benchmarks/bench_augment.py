@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import augment, paths  # noqa: E402
-from pipeline.io import SPLIT_SCHEMA, read_table  # noqa: E402
+from pipeline.io import SPLIT_SCHEMA, read_table, read_yaml  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.prepare import main as prepare_main  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
         project = Path(tmp)
         params_file = project / "params.yaml"
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params = read_yaml(ROOT / "params.yaml")
         params["data"]["glue_dir"] = args.glue_dir
         params_file.write_text(yaml.safe_dump(params))
         os.chdir(project)

@@ -1,5 +1,5 @@
 """Data contracts (DESIGN.md §2), atomic writes and the source-file readers (TSV, CSV,
-JSON Lines, Parquet).
+JSON Lines, Parquet, and YAML as DVC reads it).
 
 Every artifact is written to a temporary sibling and renamed into place at the end, so a
 failed or interrupted stage never leaves a file DVC could mistake for a finished output.
@@ -166,6 +166,37 @@ def read_utf8(path: Path, what: str, fix: str) -> str:
     """The UTF-8 text of a source file (`what`; `fix` says where it should be)."""
     require_file(path, what, fix)
     return decode_utf8(path.read_bytes(), str(path))
+
+
+def parse_yaml(text: str, source: Path | str) -> Any:
+    """YAML exactly as DVC reads params.yaml, dvc.yaml and dvc.lock: ruamel.yaml's safe
+    loader (YAML 1.2). Unlike PyYAML's YAML 1.1, `yes`/`no`/`on`/`off` and `1:20` are
+    strings, `3e-05` is a number and `010` is ten, so the pipeline and DVC never see two
+    values in one file (DVC's `-S` rewrites would otherwise turn a class named `no` into
+    False). A repeated key is refused, as DVC refuses it; a syntax error is one line with
+    its line and column."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except MarkedYAMLError as exc:
+        if exc.problem_mark is None:
+            raise PipelineError(f"{source}: {exc.problem or exc.context}; fix the YAML syntax") from None
+        inside = f" ({exc.context} from {_at(exc.context_mark)})" if exc.context and exc.context_mark else ""
+        raise PipelineError(f"{source} {_at(exc.problem_mark)}: {exc.problem}{inside}; fix the YAML syntax") from None
+    except YAMLError as exc:
+        raise PipelineError(f"{source}: {str(exc).splitlines()[0]}; fix the YAML syntax") from None
+
+
+def read_yaml(path: Path | str) -> Any:
+    """A YAML file (params.yaml, dvc.yaml, dvc.lock) read as DVC reads it (`parse_yaml`)."""
+    path = Path(path)
+    return parse_yaml(read_utf8(path, "YAML file", "check the path"), path)
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
 
 
 def decode_utf8(data: bytes, source: str) -> str:

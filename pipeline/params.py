@@ -27,12 +27,11 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, read_utf8
+from pipeline.io import parse_yaml, read_json, read_utf8
 from pipeline.tasks import TASKS, Format, Metric, SplitSpec, TaskSpec, get_task
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
@@ -215,7 +214,7 @@ class AugmentArm(_Section):
 
 class AblationParams(_Section):
     """`ablation`: arms that separate what soft targets and each augmentation rule add
-    (README, "What the gain is made of"). The full method and the baseline are the DAG's own
+    (docs/ablation.md). The full method and the baseline are the DAG's own
     students; the ablation trains them at its other seeds, never their own seed again."""
 
     tasks: list[str] = Field(default_factory=list)  # tasks whose arms the DAG runs ([]: no stage)
@@ -244,7 +243,7 @@ class ArmStudent(_Section):
 
 
 class DatasetParams(_Section):
-    """`datasets.<name>`: one task of your own, declared as data (README "Your own data").
+    """`datasets.<name>`: one task of your own, declared as data (docs/own-data.md).
 
     The files sit in `dir`, a directory DVC tracks (`dvc add`, `dvc import-url`) and the
     dependency of the task's `prepare_dataset` stage: editing a file reruns that task's
@@ -508,7 +507,7 @@ class Params(_Section):
             return get_task(name)
         raise PipelineError(
             f"unknown task {name!r}: add it to tasks and either glue (built-in: {', '.join(TASKS)}) "
-            "or datasets (yours; README, Your own data)"
+            "or datasets (yours; docs/own-data.md)"
         )
 
 
@@ -606,53 +605,12 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise PipelineError(f"{source}: {_first_error(exc)}") from None
 
 
-class _ParamsLoader(yaml.SafeLoader):
-    """params.yaml read as DVC reads it (YAML 1.2): `3e-05` is a number, a repeated key an error.
-
-    PyYAML reads YAML 1.1, where `3e-05` is a string, and keeps the last of repeated keys.
-    `dvc exp run -S teacher.lr=3e-5` writes `lr: 3e-05`, which strict types would refuse; a
-    key given twice would silently drop one value here while DVC refuses the file.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = []
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "in the mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
-                )
-            seen.append(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _yaml_error(path: Path, exc: yaml.YAMLError) -> PipelineError:
-    """A YAML syntax error in one line: where, what, and the construct it was inside."""
-    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
-        return PipelineError(f"{path}: {str(exc).splitlines()[0]}; fix the YAML syntax")
-    inside = f" ({exc.context} from {_at(exc.context_mark)})" if exc.context and exc.context_mark else ""
-    return PipelineError(f"{path} {_at(exc.problem_mark)}: {exc.problem}{inside}; fix the YAML syntax")
-
-
-def _at(mark: yaml.Mark) -> str:
-    return f"line {mark.line + 1}, column {mark.column + 1}"
-
-
 def load_params(path: Path | str = DEFAULT_PARAMS_FILE) -> Params:
-    """Read and validate params.yaml, failing with the offending key (or line) in one line."""
+    """Read params.yaml as DVC reads it (`parse_yaml`) and validate it, failing with the
+    offending key (or line) in one line."""
     path = Path(path)
     text = read_utf8(path, "params file", "run from the project root, or pass --params")
-    try:
-        raw = yaml.load(text, Loader=_ParamsLoader) or {}
-    except yaml.YAMLError as exc:
-        raise _yaml_error(path, exc) from None
+    raw = parse_yaml(text, path) or {}
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of sections at the top level")
     return parse_params(raw, source=str(path))

@@ -6,6 +6,7 @@ DVC's own log lines say which stages ran, were restored from the run-cache or we
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipeline import paths
+from pipeline.io import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_ROOTS = {str(p) for p in (paths.DATA, paths.MODELS, paths.METRICS, paths.REPORTS, paths.SCRATCH)}
@@ -86,14 +87,14 @@ class Project:
         return DvcRun(*self._run(sys.executable, "-m", "dvc", *args))
 
     def lock(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "dvc.lock").read_text())["stages"]
+        return read_yaml(self.path / "dvc.lock")["stages"]
 
     def stage_names(self) -> set[str]:
         return set(self.dvc("stage", "list", "--name-only").output.split())
 
     def status(self) -> dict[str, Any]:
         """`dvc status` for every stage but the always-changed ones (empty: all cached)."""
-        status = yaml.safe_load(self.dvc("status", "--json").output.splitlines()[-1])
+        status = json.loads(self.dvc("status", "--json").output.splitlines()[-1])
         assert all(status.pop(p, ["always changed"]) == ["always changed"] for p in self.always_changed)
         return status
 

@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pipeline.io import parse_yaml
 
 SMOKE_ARGS = Path(__file__).resolve().parents[1] / "profiles" / "smoke.args"
 
@@ -21,7 +21,7 @@ def overrides(args: list[str]) -> dict[str, Any]:
     if len(args) % 2 or set(args[0::2]) != {"-S"}:
         raise ValueError(f"expected `-S key=value` pairs, got {args}")
     pairs = (arg.lstrip("+").split("=", 1) for arg in args[1::2])
-    return {key: yaml.safe_load(value) for key, value in pairs}
+    return {key: parse_yaml(value, f"-S {key}") for key, value in pairs}
 
 
 def with_overrides(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

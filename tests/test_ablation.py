@@ -19,12 +19,12 @@ from pipeline import paths
 from pipeline.ablation import ablation_table
 from pipeline.configure import main as configure
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.io import read_json, read_yaml
 from pipeline.params import ablation_order, load_arm, load_settings, parse_params, AugmentParams
 from pipeline.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS = read_yaml(ROOT / "params.yaml")
 ARMS = {
     "tasks": ["sst2"],
     "seeds": [0, 1],
@@ -39,9 +39,9 @@ def with_ablation(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-def test_the_projects_arms_are_the_issues_three_and_run_no_task_by_default():
+def test_the_projects_arms_are_the_issues_three_and_the_record_runs_them_on_sst2():
     params = parse_params(PARAMS)
-    assert params.ablation.tasks == []
+    assert params.ablation.tasks == ["sst2"]
     assert ablation_order(params.ablation) == ["baseline", "soft_only", "mask_only", "mask_pos", "distilled"]
 
 

@@ -33,18 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipeline import paths
 from pipeline.cli import app
 from pipeline.params import DatasetParams, Params, PerTaskSection, parse_params
 from pipeline.tasks import TASKS, TaskSpec, get_task
+from pipeline.io import read_yaml
 
 from smoke_profile import SMOKE_ARGS, overrides, smoke_args, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-PARAMS_YAML = yaml.safe_load((ROOT / "params.yaml").read_text())
+DVC_YAML = read_yaml(ROOT / "dvc.yaml")
+PARAMS_YAML = read_yaml(ROOT / "params.yaml")
 TOP_LEVEL_KEYS = ("tasks", "datasets")  # params.yaml keys outside any section that a stage may read
 # Params methods that read sections: `task(name)` the declarations, `arm`/`arm_augment` an
 # ablation row's settings resolved over the task's.
@@ -526,6 +526,8 @@ def test_every_data_dep_is_produced_by_a_stage():
             for dep in stage.entries("deps"):
                 if dep == RAW_DATA:
                     continue  # a dataset's raw files: tracked by `dvc add`, no stage makes them
+                if dep == str(paths.ENVIRONMENT_LOCK):
+                    continue  # the environment lock: git-tracked, made by .ci/update-lock
                 if dep.startswith("pipeline"):
                     assert (ROOT / dep).exists(), f"{stage.name}: code dep {dep} does not exist"
                     continue

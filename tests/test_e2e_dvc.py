@@ -29,15 +29,15 @@ import yaml
 
 from dvc_project import DvcRun, Project, copy_checkout
 from pipeline import paths
-from pipeline.io import read_json
+from pipeline.io import read_json, read_yaml
 from smoke_profile import overrides, smoke_args, with_overrides
 from servers import MISSING, SSHD, S3Server, SshServer, s3_server, ssh_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_ARGS = smoke_args()
-SMOKE_PARAMS = with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides(SMOKE_ARGS))
+SMOKE_PARAMS = with_overrides(read_yaml(ROOT / "params.yaml"), overrides(SMOKE_ARGS))
 TASKS: list[str] = SMOKE_PARAMS["tasks"]
 PREPARE = {f"prepare@{task}" for task in TASKS}
 # configure@T rewrites its task's settings files whenever a section they come from changes;
@@ -128,7 +128,7 @@ def test_a_param_change_marks_exactly_the_stages_that_read_it(
     """`dvc status` lists the stages whose own params changed, checked without running anything."""
     bob = bob_on_alices_cache
     params_file = bob.path / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = read_yaml(params_file)
     params_file.write_text(yaml.safe_dump(with_overrides(params, {key: value})))
     try:
         status = bob.status()
@@ -196,7 +196,7 @@ ABLATION_ROWS = ("ablation_seeds@sst2-distilled", "ablation_seeds@sst2-baseline"
 def declare_arms(project: Project, **arms: Any) -> None:
     """params.yaml with SST-2's ablation on and these arms (`reused_logits`, `new_logits`)."""
     params_file = project.path / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = read_yaml(params_file)
     params["ablation"] |= {"tasks": ["sst2"], "reused_logits": {}, "new_logits": {}, **arms}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -26,6 +26,7 @@ from pipeline.io import (
     file_sha256,
     logits_schema,
     read_table,
+    read_yaml,
     write_table,
 )
 from pipeline.models import StudentConfig, build_model, load_student, save_student
@@ -275,7 +276,7 @@ def test_unknown_vectors_format_is_refused_before_training(project):
 
 
 def test_dvc_declares_distilled_and_baseline_as_separate_stages():
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["student"]
+    stage = read_yaml(ROOT / "dvc.yaml")["stages"]["student"]
     assert stage["matrix"]["variant"] == list(paths.STUDENT_VARIANTS)
     assert stage["outs"] == ["models/student/${item.task}/${item.variant}"]
     assert list(stage["plots"][0]) == ["metrics/curves/${item.task}-${item.variant}.csv"]

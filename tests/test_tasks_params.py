@@ -12,6 +12,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.params import Params, TeacherParams, load_params, load_settings, parse_params
 from pipeline.tasks import TASKS, TaskSpec, get_task
+from pipeline.io import read_yaml
 from project import configured
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_project_params_load():
 
 def test_every_section_default_matches_params_yaml():
     """params.yaml spells out every key, so a reader sees each value the run used."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml(ROOT / "params.yaml")
     for section in Params.SECTIONS:
         model = getattr(Params.model_fields[section].annotation, "shared_keys", None)
         keys = model() if model else list(Params.model_fields[section].annotation.model_fields)
@@ -118,7 +119,8 @@ def test_types_are_strict(raw, message):
 
 
 def test_ints_pass_where_floats_go_and_exponents_are_numbers(tmp_path):
-    """`dvc exp run -S teacher.lr=3e-5` writes `3e-05`, a string to YAML 1.1 but a number to DVC."""
+    """`dvc exp run -S teacher.lr=3e-5` writes `3e-05`, a string to YAML 1.1 but a number to DVC
+    (and to the pipeline, which reads params.yaml as DVC does: tests/test_params_yaml_as_dvc.py)."""
     path = tmp_path / "params.yaml"
     path.write_text("tasks: [sst2]\nteacher:\n  lr: 3e-05\n  max_grad_norm: 1\nstudent:\n  lr: 1E+0\n")
     params = load_params(path)
@@ -133,7 +135,8 @@ def test_ints_pass_where_floats_go_and_exponents_are_numbers(tmp_path):
         (b"tasks: [sst2]\ndata:\n  max_bad_fraction: 0.1\n glue_dir: x\n",
          "line 4, column 2: expected <block end>, but found '<block mapping start>'"),
         (b"tasks: [sst2]\nteacher:\n  lr: 1.0e-5\n  epochs: 2\n  lr: 3.0e-5\n",  # DVC refuses it too
-         "line 5, column 3: found duplicate key 'lr' (in the mapping from line 3, column 3)"),
+         "line 5, column 3: found duplicate key \"lr\" with value \"3e-05\" (original value: \"1e-05\") "
+         "(while constructing a mapping from line 3, column 3); fix the YAML syntax"),
         (b"tasks: [sst2]\n# caf\xe9\n", "line 2: not UTF-8 (byte 19: invalid continuation byte); convert it"),
     ],
 )

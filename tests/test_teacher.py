@@ -6,8 +6,9 @@ uncased vocabulary) or, for the offline-resolution test, the packaged MiniLM.
 
 from __future__ import annotations
 
-import itertools
 import hashlib
+import itertools
+import json
 import os
 import socket
 from pathlib import Path
@@ -148,8 +149,8 @@ def test_main_writes_the_best_epoch_model_and_its_metrics(project, tiny_bert_fac
     teacher.main("sst2", params_path)
 
     out = paths.teacher_dir("sst2")
-    training = yaml.safe_load((out / "training.json").read_text())
-    metrics = yaml.safe_load(paths.teacher_metrics("sst2").read_text())
+    training = json.loads((out / "training.json").read_text())
+    metrics = json.loads(paths.teacher_metrics("sst2").read_text())
     best = training["epochs"][training["best_epoch"] - 1]
     assert len(training["epochs"]) == 2 and training["params"]["epochs"] == 2
     assert training["checkpoint"] == {"name": model_dir, "version": None}

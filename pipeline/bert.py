@@ -55,6 +55,17 @@ def resolve_checkpoint(name: str) -> str:
     return name
 
 
+def quiet_transformers() -> None:
+    """Keep transformers' own reporting out of stage logs: its load report (a table of
+    MISSING keys, alarming for a head that is new on purpose) and its weight-loading and
+    shard-writing bars. Errors still show; the teacher stage logs a new head itself, and
+    real progress (training, labelling) keeps its own bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_teacher(path: Path | str, task: TaskSpec):
     """A fine-tuned teacher directory -> (model in eval mode on CPU, tokenizer).
 
@@ -62,6 +73,7 @@ def load_teacher(path: Path | str, task: TaskSpec):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    quiet_transformers()
     path = Path(path)
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path}: no teacher checkpoint here (run: dvc repro teacher@{task.name})")

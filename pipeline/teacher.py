@@ -46,7 +46,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.bert import PACKAGED_TEACHER, checkpoint_identity, require_weights, resolve_checkpoint
+from pipeline.bert import (
+    PACKAGED_TEACHER,
+    checkpoint_identity,
+    quiet_transformers,
+    require_weights,
+    resolve_checkpoint,
+)
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.errors import PipelineError
 from pipeline.io import SPLIT_SCHEMA, atomic_path, load_task, read_table, write_json
@@ -120,9 +126,15 @@ def load_checkpoint(checkpoint: Checkpoint) -> tuple[PreTrainedModel, PreTrained
     initialised from torch's global RNG (seed it first)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        checkpoint.source, config=checkpoint.config, dtype=torch.float32
+    quiet_transformers()
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        checkpoint.source, config=checkpoint.config, dtype=torch.float32, output_loading_info=True
     )
+    if loading["missing_keys"]:
+        log.info(
+            "new classification head for %d labels (%s), initialised from teacher.seed",
+            checkpoint.config.num_labels, ", ".join(sorted(loading["missing_keys"])),
+        )
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.source)
     return model, tokenizer
 

@@ -15,6 +15,7 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 SCRATCH = Path("scratch")  # resumable state kept outside DVC outputs (persisted, git-ignored)
+ENVIRONMENT_LOCK = Path("requirements.lock")  # every Python package, pinned and hashed (.ci/update-lock)
 
 STUDENT_VARIANTS = ("distilled", "baseline")
 

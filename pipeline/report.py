@@ -6,7 +6,9 @@ Every number of ours is read from `metrics/evaluate/<task>.json` and `metrics/ev
 report says about each task's data (official split sizes, known copies, where it comes from)
 and the published scores printed beside ours come from the task's declaration
 (pipeline/tasks.py, or `datasets` in params.yaml), so the report describes whatever tasks it
-is given. The only constants of the literature left here are the paper's training settings
+is given. The report names the environment lock (`requirements.lock`) by its sha256, so a
+reader sees which packages made the numbers; the lock is the report's dependency, not the
+measuring stages'. The only constants of the literature left here are the paper's training settings
 and its Table 2, shown only when the report has a task they are about. Ours are dev
 scores; the paper's Table 1 is GLUE **test** (the test labels are hidden), so the peers'
 dev numbers are the closer comparison (METHOD.md §1.1, §2.4).
@@ -23,7 +25,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, read_json
+from pipeline.io import atomic_path, file_sha256, read_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import primary_metric
 from pipeline.params import load_params
@@ -67,7 +69,7 @@ PAPER_SETTINGS = (
     "The paper: a BERT-large teacher (fine-tuning lr 2e-5 for SST-2 and QQP, 5e-5 for MNLI, 3 "
     "epochs); transfer sets from n_iter 20 (SST-2) and 10 (QQP, MNLI) on the full training sets; "
     "students trained with AdaDelta at batch 50 (SST-2) and 256 (pairs), epochs not stated "
-    "(METHOD.md §1.9). The README says why ours differ where they do."
+    "(METHOD.md §1.9). docs/results.md says why ours differ where they do."
 )
 
 # A published row of the accuracy table: (model, source, evaluated on).
@@ -680,7 +682,7 @@ def export_section(results: Sequence[TaskResults]) -> list[str]:
     ]
 
 
-def setup_section(results: Sequence[TaskResults]) -> list[str]:
+def setup_section(results: Sequence[TaskResults], environment_lock: str | None) -> list[str]:
     rows = []
     for r in results:
         env, protocol = r.speed["environment"], r.speed["protocol"]
@@ -706,6 +708,11 @@ def setup_section(results: Sequence[TaskResults]) -> list[str]:
         "timed; GPUs are synchronised around every clock read.",
         "",
         *_table(header, rows),
+        "",
+        f"Environment: `{paths.ENVIRONMENT_LOCK}` sha256 `{environment_lock}` (every Python package, pinned and "
+        f"hashed; `pip install --require-hashes -r {paths.ENVIRONMENT_LOCK}` installs it)."
+        if environment_lock
+        else f"Environment: no `{paths.ENVIRONMENT_LOCK}` beside this run; its packages are not pinned.",
     ]
 
 
@@ -741,8 +748,9 @@ def data_intro(results: Sequence[TaskResults]) -> list[str]:
     return lines
 
 
-def render_markdown(results: Sequence[TaskResults]) -> str:
-    """The whole report as Markdown: pure, so tests check it without touching disk."""
+def render_markdown(results: Sequence[TaskResults], environment_lock: str | None = None) -> str:
+    """The whole report as Markdown: pure, so tests check it without touching disk;
+    `environment_lock` is the sha256 of the environment lock the run had, if any."""
     lines = [
         "# Results: BERT → BiLSTM distillation" + (" (Tang et al. 2019)" if cites_paper(results) else ""),
         "",
@@ -764,7 +772,7 @@ def render_markdown(results: Sequence[TaskResults]) -> str:
         *speed_section(results),
         *export_section(results),
         "",
-        *setup_section(results),
+        *setup_section(results, environment_lock),
         "",
         *figures_section(results),
     ]
@@ -918,9 +926,10 @@ def main(params_path: Path) -> None:
     tasks = [params.task(name) for name in params.tasks]  # built-in or declared under `datasets`
     with stage_run(log, "report", tasks=",".join(t.name for t in tasks)) as summary:
         results = [load_results(task, ablated=task.name in params.ablation.tasks) for task in tasks]
+        lock = file_sha256(paths.ENVIRONMENT_LOCK) if paths.ENVIRONMENT_LOCK.is_file() else None
         with atomic_path(paths.REPORTS) as out:
             out.mkdir()
-            (out / "results.md").write_text(render_markdown(results))
+            (out / "results.md").write_text(render_markdown(results, lock))
             figures = draw_figures(results, out / FIGURES)
             write_plot_data(results, out / PLOTS)
         summary["out"] = paths.REPORTS / "results.md"

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import paths, report
 from pipeline.errors import PipelineError
-from pipeline.io import write_json
+from pipeline.io import file_sha256, write_json
 from pipeline.params import load_params
 from pipeline.tasks import SplitSpec, TaskSpec, get_task
 
@@ -488,11 +488,20 @@ def test_published_rows_keep_the_paper_then_the_peers():
 
 
 def test_the_committed_report_is_what_the_committed_metrics_render(monkeypatch):
-    """Pins the report byte for byte: without ablation files it reads as before they existed."""
+    """Pins the report byte for byte: the committed metrics, ablation tables and lock render it."""
     monkeypatch.chdir(ROOT)
     params = load_params(Path("params.yaml"))
-    results = [report.load_results(params.task(name)) for name in params.tasks]
-    assert report.render_markdown(results) == (ROOT / "reports" / "results.md").read_text()
+    results = [report.load_results(params.task(name), ablated=name in params.ablation.tasks) for name in params.tasks]
+    lock = file_sha256(paths.ENVIRONMENT_LOCK)
+    assert report.render_markdown(results, lock) == (ROOT / "reports" / "results.md").read_text()
+
+
+def test_the_setup_names_the_environment_lock_by_its_hash(project):
+    results = [report.load_results(get_task(name)) for name in FIXTURE_TASKS]
+    assert f"Environment: `requirements.lock` sha256 `{'ab' * 32}` (every Python package" in report.render_markdown(
+        results, "ab" * 32
+    )
+    assert "Environment: no `requirements.lock` beside this run" in report.render_markdown(results)
 
 
 def test_without_an_ablation_there_is_no_ablation_section(project):

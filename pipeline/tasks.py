@@ -2,7 +2,7 @@
 
 The GLUE classification tasks are built in below. Your own tasks are declared as data in
 `params.yaml` under `datasets` (pipeline/params.py turns each declaration into a `TaskSpec`
-of the same shape; README "Your own data"), so no stage has task-specific code and adding a
+of the same shape; docs/own-data.md), so no stage has task-specific code and adding a
 task never touches Python. Label ids follow the Hugging Face GLUE convention end to end
 (METHOD.md §0.10), so teacher, transfer set and student always agree.
 
@@ -420,5 +420,5 @@ def get_task(name: str) -> TaskSpec:
         known = ", ".join(sorted(TASKS))
         raise PipelineError(
             f"unknown task {name!r}: built-in tasks are {known}; declare your own under `datasets` "
-            "in params.yaml (README, Your own data)"
+            "in params.yaml (docs/own-data.md)"
         ) from None

@@ -123,7 +123,7 @@ def _has_vnni() -> bool:
 # On x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC before Zen 4), onnxruntime's 8-bit dot
 # products add pairs of products in 16 bits, which can saturate: there the tiny student's
 # int8 logits were up to 0.093 off (0.05 holds with VNNI, and on AVX2 with 7-bit weights,
-# `reduce_range=True`, which would rewrite every recorded export; README, Serving).
+# `reduce_range=True`, which would rewrite every recorded export; docs/export.md).
 INT8_LOGIT_TOLERANCE = 0.05 if _has_vnni() else 0.15
 
 TEXT_A = ["A good film!", "a bad, bad film", "", "great movie", "is it a GOOD film? a bad one."]

@@ -6,7 +6,7 @@ renamed, a stage or CLI command is dropped. These tests check that every relativ
 in README.md and docs/*.md resolves (to a file or directory, and to a heading when it names an
 `#anchor`), and that every command a ```bash block shows still exists: `python -m pipeline X`
 as a command of the typer app, `dvc repro STAGE[@...]` as a stage of dvc.yaml, and the scripts
-and files that `python`, `bash` and `cat` are given. Links that leave the repository (the
+and files that `python`, `bash`, `cat` and `pip install -r` are given. Links that leave the repository (the
 project's shared material in ../shared, absent from a fresh clone) are not checked.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import typer.main
-import yaml
 
 from pipeline.cli import app
+from pipeline.io import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -95,6 +95,10 @@ def _missing(command: list[str], cli: set[str], stages: set[str]) -> str | None:
     elif name in ("bash", "sh", "cat") and args:
         if not (ROOT / args[0]).is_file():
             return f"`{name} {args[0]}`: no such file"
+    elif name in ("pip", "python") and "-r" in command:
+        requirements = command[command.index("-r") + 1]
+        if not (ROOT / requirements).is_file():
+            return f"`pip install -r {requirements}`: no such file"
     elif command[:2] == ["dvc", "repro"]:
         unknown = [t for t in args[1:] if t.split("@")[0] not in stages]
         if unknown:
@@ -105,7 +109,7 @@ def _missing(command: list[str], cli: set[str], stages: set[str]) -> str | None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shown_commands_exist(page: Path) -> None:
     cli = set(typer.main.get_command(app).commands)
-    stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    stages = set(read_yaml(ROOT / "dvc.yaml")["stages"])
     commands = _commands(page.read_text(encoding="utf-8"))
     missing = [m for c in commands if (m := _missing(c, cli, stages))]
     assert not missing, f"{page.relative_to(ROOT)}: " + "; ".join(missing)
@@ -115,5 +119,6 @@ def test_readme_shows_the_quick_start_and_test_commands() -> None:
     """The checks above see the front page's commands (a parser that found none would pass)."""
     commands = [" ".join(c) for c in _commands((ROOT / "README.md").read_text(encoding="utf-8"))]
     assert "cat profiles/smoke.args" in commands
+    assert "pip install --require-hashes -r requirements.lock" in commands
     assert "python -m pytest -q" in commands
     assert 'python -m pytest -q -m not e2e' in commands

@@ -7,7 +7,9 @@ seed of `ablation.seeds`; seed `student.seed` of the baseline and of the full me
 DAG's own student, the other seeds come from the `ablation_seeds` stages. A row gives each
 seed's dev score of its kept epoch (as its training wrote it, on the task's first eval
 split), their mean and their spread (max - min), so a difference smaller than the spread
-reads as such. The file sits beside evaluate's, where the report reads it.
+reads as such, and the precision its teacher logits were computed in (label records it), since
+an arm labelled on a CPU without bf16 is fp32 beside the full method's bf16 logits. The file
+sits beside evaluate's, where the report reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import load_task, read_json, write_json
+from pipeline.io import load_task, read_json, read_metadata, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.models import TRAINING_FILE
 from pipeline.params import AblationParams, ArmStudent, ablation_order, load_arm, load_params
@@ -51,10 +53,15 @@ def _settings(values: dict[str, Any]) -> str:
 
 
 def summarize_row(
-    arm: str, description: str, row: ArmStudent, metric_keys: Sequence[str], trainings: Sequence[dict[str, Any]]
+    arm: str,
+    description: str,
+    row: ArmStudent,
+    metric_keys: Sequence[str],
+    trainings: Sequence[dict[str, Any]],
+    logits_dtype: str | None,
 ) -> dict[str, Any]:
-    """One table row from what it trains and its students' training.json files, one per
-    seed, in seed order."""
+    """One table row from what it trains, its students' training.json files (one per seed,
+    in seed order) and the dtype of the logits it trains on (None: none)."""
     seeds = []
     for training in trainings:
         scores = training["best_dev"]
@@ -66,6 +73,7 @@ def summarize_row(
         "role": ROLES.get(arm, "arm"),
         "description": description,
         "logits": "none" if row.variant == "baseline" else row.logits,
+        "logits_dtype": logits_dtype,
         "originals_only": row.originals_only,
         "transfer_rows": first["train_rows"],
         "settings": {"alpha": first["alpha"], "epochs": first["epochs"]},
@@ -76,7 +84,11 @@ def summarize_row(
 
 
 def ablation_table(
-    task: TaskSpec, ablation: AblationParams, rows: dict[str, ArmStudent], trainings: dict[str, list[dict[str, Any]]]
+    task: TaskSpec,
+    ablation: AblationParams,
+    rows: dict[str, ArmStudent],
+    trainings: dict[str, list[dict[str, Any]]],
+    logits_dtypes: dict[str, str | None],
 ) -> dict[str, Any]:
     """The whole table: rows in table order, each seed in `ablation.seeds` order."""
     split = task.eval_splits[0]
@@ -88,7 +100,7 @@ def ablation_table(
         if missing:
             raise PipelineError(f"ablation row {arm!r} of {task.name} has no student for seed {missing[0]}")
         ordered = [by_seed[s] for s in ablation.seeds]
-        table.append(summarize_row(arm, describe(arm, ablation), rows[arm], metric_keys, ordered))
+        table.append(summarize_row(arm, describe(arm, ablation), rows[arm], metric_keys, ordered, logits_dtypes[arm]))
     return {
         "task": task.name,
         "dev_split": split.name,
@@ -108,6 +120,18 @@ def read_trainings(task: str, arm: str, row: ArmStudent) -> list[dict[str, Any]]
     return found
 
 
+def logits_dtype(task: str, arm: str, row: ArmStudent) -> str | None:
+    """The dtype the row's teacher logits were computed in, from label's metadata."""
+    if row.variant == "baseline":
+        return None
+    path, stage = (paths.arm_logits(task, arm), f"ablation_label@{task}-{arm}") if row.logits == "own" else (
+        paths.logits(task), f"label@{task}")
+    dtype = read_metadata(path).get("dtype")
+    if dtype is None:
+        raise PipelineError(f"{path}: its metadata names no dtype; re-make it with dvc repro {stage}")
+    return dtype
+
+
 def main(task_name: str, params_path: Path) -> None:
     task = load_task(task_name)
     ablation = load_params(params_path).ablation
@@ -117,7 +141,8 @@ def main(task_name: str, params_path: Path) -> None:
     with stage_run(log, f"ablation@{task.name}", seeds=ablation.seeds) as summary:
         rows = {arm: load_arm(task.name, arm, params_path) for arm in ablation_order(ablation)}
         trainings = {arm: read_trainings(task.name, arm, row) for arm, row in rows.items()}
-        table = ablation_table(task, ablation, rows, trainings)
+        dtypes = {arm: logits_dtype(task.name, arm, row) for arm, row in rows.items()}
+        table = ablation_table(task, ablation, rows, trainings, dtypes)
         write_json(table, out)
         primary = table["metric_keys"][0]
         for row in table["arms"]:

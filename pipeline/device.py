@@ -21,18 +21,19 @@ def pick_device() -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with
-    AVX512-BF16 or AMX (what oneDNN's bf16 kernels need)."""
+    """Whether `device` computes bf16 in hardware: a GPU with bf16 units (Ampere and later),
+    or a CPU with AVX512-BF16 or AMX. Emulation does not count: oneDNN also runs bf16 on any
+    AVX512 CPU, and torch on older GPUs, but slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`; None means plain fp32.
 
-    "fp32" is exact everywhere. "auto" is bf16 on GPUs that support it and fp32 on every
-    CPU, so CPU results stay exact unless asked otherwise. "bf16" is bf16 wherever the
+    "fp32" is exact everywhere. "auto" is bf16 on GPUs with bf16 units (fp16 on older ones)
+    and fp32 on every CPU, so CPU results stay exact unless asked otherwise. "bf16" is bf16 wherever the
     hardware computes it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX: about 2.5x
     faster BERT inference there) and fp32 elsewhere, with a warning: emulated bf16 would be
     slower than fp32, so the shipped params.yaml runs on any machine. The dtype actually used
@@ -56,4 +57,4 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         )
     if precision == "fp16":
         return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bf16(device) else torch.float16

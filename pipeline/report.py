@@ -458,7 +458,8 @@ def task_ablation(task: TaskSpec, ablation: dict[str, Any]) -> list[str]:
         row = [
             ARM_LABELS[arm["role"]].format(name=arm["name"]),
             arm["description"],
-            LOGITS_SOURCES[arm["logits"]].format(task=task.name),
+            LOGITS_SOURCES[arm["logits"]].format(task=task.name)
+            + (f" ({arm['logits_dtype']})" if arm.get("logits_dtype") else ""),
             f"{arm['transfer_rows']:,}",
         ]
         for key in keys:
@@ -476,6 +477,13 @@ def task_ablation(task: TaskSpec, ablation: dict[str, Any]) -> list[str]:
         "",
         gain_split(f"The full method ({arms[-1]['name']})", _means(arms, keys[0]), arms, primary),
     ]
+    precisions = sorted({arm["logits_dtype"] for arm in arms if arm.get("logits_dtype")})
+    if len(precisions) > 1:
+        lines += [
+            "",
+            f"The rows' teacher logits were computed in {' and '.join(precisions)} (column \"Teacher logits\"):",
+            "a step between two of them also changes the precision, not only the arm.",
+        ]
     if peer:
         lines += [
             "",

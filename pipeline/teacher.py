@@ -130,10 +130,11 @@ def load_checkpoint(checkpoint: Checkpoint) -> tuple[PreTrainedModel, PreTrained
     model, loading = AutoModelForSequenceClassification.from_pretrained(
         checkpoint.source, config=checkpoint.config, dtype=torch.float32, output_loading_info=True
     )
-    if loading["missing_keys"]:
+    if missing := sorted(loading["missing_keys"]):
+        what = "new classification head" if all(key.startswith("classifier.") for key in missing) else "new weights"
         log.info(
-            "new classification head for %d labels (%s), initialised from teacher.seed",
-            checkpoint.config.num_labels, ", ".join(sorted(loading["missing_keys"])),
+            "%s for %d labels, initialised from teacher.seed: %s",
+            what, checkpoint.config.num_labels, ", ".join(missing),
         )
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.source)
     return model, tokenizer

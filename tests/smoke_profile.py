@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import parse_yaml
+from dvc.utils.hydra import to_hydra_overrides
 
 SMOKE_ARGS = Path(__file__).resolve().parents[1] / "profiles" / "smoke.args"
 
@@ -17,11 +17,11 @@ def smoke_args() -> list[str]:
 
 
 def overrides(args: list[str]) -> dict[str, Any]:
-    """`-S [+|++]key=value` pairs as {dotted key: value}; values parse as YAML, as in DVC."""
+    """`-S [+|++]key=value` pairs as {dotted key: value}, parsed by DVC's own `-S` parser
+    (Hydra's override grammar, where `010` stays a string and `[a,b]` is a list)."""
     if len(args) % 2 or set(args[0::2]) != {"-S"}:
         raise ValueError(f"expected `-S key=value` pairs, got {args}")
-    pairs = (arg.lstrip("+").split("=", 1) for arg in args[1::2])
-    return {key: parse_yaml(value, f"-S {key}") for key, value in pairs}
+    return {override.key_or_group: override.value() for override in to_hydra_overrides(args[1::2])}
 
 
 def with_overrides(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

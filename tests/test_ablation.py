@@ -183,7 +183,9 @@ def test_the_table_gives_every_seed_its_mean_and_spread_in_table_order():
         "mask_pos": [training(0, 0.87), training(1, 0.87)],
         "distilled": [training(0, 0.885, rows=900), training(1, 0.875, rows=900)],
     }
-    table = ablation_table(get_task("sst2"), ablation, rows, trainings)
+    dtypes = {arm: None if arm == "baseline" else "bfloat16" for arm in rows} | {"mask_only": "float32"}
+    table = ablation_table(get_task("sst2"), ablation, rows, trainings, dtypes)
+    assert [r["logits_dtype"] for r in table["arms"]] == [None, "bfloat16", "float32", "bfloat16", "bfloat16"]
     assert [r["name"] for r in table["arms"]] == ["baseline", "soft_only", "mask_only", "mask_pos", "distilled"]
     assert [r["role"] for r in table["arms"]] == ["baseline", "arm", "arm", "arm", "full"]
     assert [r["logits"] for r in table["arms"]] == ["none", "task", "own", "own", "task"]
@@ -206,7 +208,7 @@ def test_a_row_without_a_seeds_student_fails_naming_it():
     trainings = {arm: [training(0, 0.8), training(1, 0.8)] for arm in rows}
     trainings["mask_pos"] = [training(0, 0.8)]
     with pytest.raises(PipelineError, match="ablation row 'mask_pos' of sst2 has no student for seed 1"):
-        ablation_table(get_task("sst2"), ablation, rows, trainings)
+        ablation_table(get_task("sst2"), ablation, rows, trainings, dict.fromkeys(rows, "bfloat16"))
 
 
 @pytest.mark.parametrize(

@@ -38,5 +38,20 @@ def test_fp16_on_a_cpu_is_refused_in_one_line():
         autocast_dtype("fp16", CPU)
 
 
-def test_this_cpus_answer_is_onednns():
-    assert device.native_bf16(CPU) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+@pytest.mark.parametrize(("precision", "native", "expected"), [
+    ("bf16", True, torch.bfloat16), ("bf16", False, None),
+    ("auto", True, torch.bfloat16), ("auto", False, torch.float16),
+    ("fp16", True, torch.float16), ("fp32", True, None),
+])
+def test_on_a_gpu_bf16_needs_bf16_units(monkeypatch, precision, native, expected):
+    """No GPU is needed: the answer depends on `native_bf16` alone (emulated bf16 is slower)."""
+    monkeypatch.setattr(device, "native_bf16", lambda _: native)
+    assert autocast_dtype(precision, torch.device("cuda")) is expected
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "native"), [(True, False, True), (False, True, True), (False, False, False)])
+def test_a_cpu_is_native_with_avx512_bf16_or_amx_not_with_onednns_emulation(monkeypatch, avx512_bf16, amx, native):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # any AVX512 CPU
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert device.native_bf16(CPU) is native

@@ -57,7 +57,7 @@ DATASETS = PARAMS_YAML["datasets"] or EXAMPLE_DATASET
 # Every task a stage expands over, the example dataset included when it stands in.
 RUN_TASKS = PARAMS_YAML["tasks"] + [name for name in DATASETS if name not in PARAMS_YAML["tasks"]]
 RAW_DATA = "${item.dir}"  # a dataset's raw files: DVC-tracked data, no stage's output
-# The ablation runs no task by default, so its stages are checked for this one.
+# The ablation's stages are checked for its tasks, or for SST-2 where it runs none.
 ABLATION = PARAMS_YAML["ablation"]
 ABLATION_TASKS = ABLATION["tasks"] or ["sst2"]
 ABLATION_ROWS = [*paths.STUDENT_VARIANTS, *ABLATION["reused_logits"], *ABLATION["new_logits"]]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dvc_project import ENV, Project
+from pipeline.errors import PipelineError
 from pipeline.io import parse_yaml
 from pipeline.params import load_params
 
@@ -119,7 +120,7 @@ def test_the_pipeline_sees_dvcs_values_before_and_after_exp_run_rewrites_params(
 
 
 def test_a_repeated_key_and_bad_syntax_are_one_line():
-    with pytest.raises(Exception, match=r"^x line 3, column 1: found duplicate key \"a\""):
+    with pytest.raises(PipelineError, match=r"^x line 3, column 1: found duplicate key \"a\""):
         parse_yaml("a: 1\nb: 2\na: 3\n", "x")
-    with pytest.raises(Exception, match=r"^x line 2, column 1: expected ',' or '\]'"):
+    with pytest.raises(PipelineError, match=r"^x line 2, column 1: expected ',' or '\]'"):
         parse_yaml("a: [1, 2\n", "x")

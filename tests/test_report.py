@@ -173,6 +173,7 @@ def ablation_fixture(task_name: str) -> dict:
         ]
         arms.append({
             "name": name, "role": role, "description": description, "transfer_rows": rows, "logits": logits,
+            "logits_dtype": None if logits == "none" else "bfloat16",
             "originals_only": rows == ARMS[0][4],
             "settings": {"alpha": 1.0 if role == "baseline" else 0.0, "epochs": 10},
             "seeds": seeds,
@@ -555,18 +556,30 @@ def test_the_ablation_table_shows_each_mean_and_each_seed(project):
             "| 83.70 (83.80 / 83.60) | 0.20 | 82.32 |"
         ),
         (
-            "| soft_only | teacher logits of the original rows only | label@sst2 reused | 67,349 "
+            "| soft_only | teacher logits of the original rows only | label@sst2 reused (bfloat16) | 67,349 "
             "| 84.30 (84.50 / 84.10) | 0.40 | 84.39 |"
         ),
-        "| mask_only | augment p_pos 0, p_ng 0 | own label stage | 812,345 | 84.70 (84.90 / 84.50) | 0.40 | — |",
-        "| mask_pos | augment p_ng 0 | own label stage | 1,034,567 | 85.90 (86.20 / 85.60) | 0.60 | — |",
+        "| mask_only | augment p_pos 0, p_ng 0 | own label stage (bfloat16) | 812,345 | 84.70 (84.90 / 84.50) | 0.40 | — |",
+        "| mask_pos | augment p_ng 0 | own label stage (bfloat16) | 1,034,567 | 85.90 (86.20 / 85.60) | 0.60 | — |",
         (
-            "| full method (distilled) | the full method: every augmentation rule, alpha 0 | label@sst2 reused "
+            "| full method (distilled) | the full method: every augmentation rule, alpha 0 | label@sst2 reused (bfloat16) "
             "| 1,359,373 | 88.30 (88.00 / 88.60) | 0.60 | 88.63 |"
         ),
     ]
     section = text.split("## What the gain is made of")[1].split("## 2. Size and speed")[0]
     assert [line for line in section.splitlines() if line.startswith("| ")] == rows  # header, then one per arm
+    assert "computed in" not in section  # one precision: nothing to say
+
+
+def test_rows_whose_logits_differ_in_precision_say_so(project):
+    """An arm labelled on a CPU without bf16 is fp32 beside the full method's bf16 logits."""
+    table = ablation_fixture("sst2")
+    table["arms"][2]["logits_dtype"] = "float32"
+    ablate(project, "sst2", table)
+    report.main(Path("params.yaml"))
+    text = (project / "reports" / "results.md").read_text()
+    assert "| mask_only | augment p_pos 0, p_ng 0 | own label stage (float32) |" in text
+    assert "The rows' teacher logits were computed in bfloat16 and float32" in text
 
 
 def test_each_step_is_read_against_the_seed_spread(project):
@@ -606,7 +619,7 @@ def test_a_task_without_peer_numbers_gets_every_metric_and_no_peer_column(projec
         "| Arm | What it trains on | Teacher logits | Transfer-set rows | QQP acc: mean (seed 0 / seed 1) "
         "| QQP acc spread (points) | QQP F1: mean (seed 0 / seed 1) | QQP F1 spread (points) |" in text
     )
-    assert "| label@qqp reused | 67,349 | 84.30 (84.50 / 84.10) | 0.40 | 74.30 (74.50 / 74.10) | 0.40 |" in text
+    assert "| label@qqp reused (bfloat16) | 67,349 | 84.30 (84.50 / 84.10) | 0.40 | 74.30 (74.50 / 74.10) | 0.40 |" in text
     assert "Peer" not in text and "### SST-2" not in text
 
 

@@ -380,3 +380,27 @@ def test_a_recomputed_teacher_is_byte_identical(project, tiny_bert_factory):
     assert _tree_digest(paths.teacher_dir("sst2")) == first
     training = (paths.teacher_dir("sst2") / "training.json").read_text()
     assert "seconds" not in training and "wall" not in training
+
+
+def test_a_new_head_is_one_log_line_and_transformers_stays_quiet(tmp_path, tiny_bert_factory, caplog, capfd):
+    """A stage log says the teacher got a new head; transformers' load report (a table of
+    MISSING keys) and its weight-loading bars do not reach it."""
+    import logging
+
+    from transformers import AutoTokenizer, BertModel
+    from transformers.utils import logging as hf_logging
+
+    encoder = tmp_path / "encoder"  # a BERT without a classifier, like bert-base-uncased
+    BertModel.from_pretrained(tiny_bert_factory(2)).save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(tiny_bert_factory(2)).save_pretrained(encoder)
+    checkpoint = teacher.check_checkpoint(str(encoder), SST2)
+    hf_logging.set_verbosity_warning()  # as a fresh process starts, whatever ran before
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="pipeline.teacher"):
+        teacher.load_checkpoint(checkpoint)
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "MISSING" not in printed and "Loading weights" not in printed
+    assert [m for m in caplog.messages if "head" in m] == [
+        "new classification head for 2 labels, initialised from teacher.seed: classifier.bias, classifier.weight"
+    ]

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import load_task, read_json, read_metadata, write_json
+from pipeline.io import file_sha256, load_task, read_json, read_metadata, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.models import TRAINING_FILE
 from pipeline.params import AblationParams, ArmStudent, ablation_order, load_arm, load_params
@@ -120,12 +120,23 @@ def read_trainings(task: str, arm: str, row: ArmStudent) -> list[dict[str, Any]]
     return found
 
 
-def logits_dtype(task: str, arm: str, row: ArmStudent) -> str | None:
-    """The dtype the row's teacher logits were computed in, from label's metadata."""
+def logits_dtype(task: str, arm: str, row: ArmStudent, trainings: Sequence[dict[str, Any]]) -> str | None:
+    """The dtype the row's teacher logits were computed in, from label's metadata. The task's
+    logits are this stage's dependency; an arm's own logits are read where its students'
+    training.json says they trained on, and must still be the file they hashed (a student
+    dependency, so a changed file reruns them and then this stage)."""
     if row.variant == "baseline":
         return None
-    path, stage = (paths.arm_logits(task, arm), f"ablation_label@{task}-{arm}") if row.logits == "own" else (
-        paths.logits(task), f"label@{task}")
+    if row.logits == "own":
+        used = trainings[0]["inputs"]
+        path, stage = Path(used["logits"]), f"ablation_label@{task}-{arm}"
+        if not path.is_file() or file_sha256(path) != used["logits_sha256"]:
+            raise PipelineError(
+                f"{path}: not the logits ablation row {arm!r} trained on; restore them (dvc pull {stage}) "
+                f"or re-make the row (dvc repro ablation_student@{task}-{arm})"
+            )
+    else:
+        path, stage = paths.logits(task), f"label@{task}"
     dtype = read_metadata(path).get("dtype")
     if dtype is None:
         raise PipelineError(f"{path}: its metadata names no dtype; re-make it with dvc repro {stage}")
@@ -141,7 +152,7 @@ def main(task_name: str, params_path: Path) -> None:
     with stage_run(log, f"ablation@{task.name}", seeds=ablation.seeds) as summary:
         rows = {arm: load_arm(task.name, arm, params_path) for arm in ablation_order(ablation)}
         trainings = {arm: read_trainings(task.name, arm, row) for arm, row in rows.items()}
-        dtypes = {arm: logits_dtype(task.name, arm, row) for arm, row in rows.items()}
+        dtypes = {arm: logits_dtype(task.name, arm, row, trainings[arm]) for arm, row in rows.items()}
         table = ablation_table(task, ablation, rows, trainings, dtypes)
         write_json(table, out)
         primary = table["metric_keys"][0]

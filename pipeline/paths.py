@@ -70,19 +70,13 @@ def logits(task: str) -> Path:
     return DATA / "logits" / f"{task}.parquet"
 
 
-def ablation_data_dir(task: str) -> Path:
-    """The transfer sets and logits of a task's arms with logits of their own: what
-    `ablation@<task>` reads the logits' precision from."""
-    return DATA / "ablation" / task
-
-
 def arm_augmented(task: str, arm: str) -> Path:
     """The transfer set of an ablation arm with logits of its own."""
-    return ablation_data_dir(task) / arm / "augmented.parquet"
+    return DATA / "ablation" / task / arm / "augmented.parquet"
 
 
 def arm_logits(task: str, arm: str) -> Path:
-    return ablation_data_dir(task) / arm / "logits.parquet"
+    return DATA / "ablation" / task / arm / "logits.parquet"
 
 
 def teacher_dir(task: str) -> Path:

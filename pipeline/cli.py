@@ -7,6 +7,8 @@ A `PipelineError` (bad input, missing file) is printed as one `error:` line, exi
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -145,8 +147,41 @@ def predict(
 
 
 def main() -> None:
+    """Run the app; a `PipelineError` is one `error:` line (exit 1), Ctrl-C one `interrupted:`
+    line (exit 130). Outputs are swapped in whole (`pipeline.artifacts`), so a stopped stage
+    has kept its previous outputs, unless `dvc repro` removed them before running it: then
+    the line says how to check them out of DVC's cache."""
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{removed_outputs_hint('; ')}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted:
+        print(f"interrupted: {running_stage()}; {removed_outputs_hint('') or 'previous outputs kept'}", file=sys.stderr)
+        sys.exit(130)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C. Not a KeyboardInterrupt, which typer turns into a silent exit 130 before
+    `main` could say what stopped; a BaseException, so no `except Exception` swallows it."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+def running_stage() -> str:
+    """The stage being run: its DVC name under `dvc repro`, else the command line."""
+    return os.environ.get("DVC_STAGE") or " ".join(["python -m pipeline", *sys.argv[1:]])
+
+
+def removed_outputs_hint(separator: str) -> str:
+    """Under `dvc repro`, which removes a stage's outputs before running it: how to get back
+    the ones dvc.lock records (`dvc checkout`, when DVC's cache holds them)."""
+    from pipeline.artifacts import removed_outputs
+
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or not removed_outputs(stage):
+        return ""
+    return f"{separator}DVC removed the outputs dvc.lock records for {stage} before running it: dvc checkout {stage} restores them"

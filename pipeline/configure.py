@@ -12,6 +12,10 @@ declaration (built in, or under `datasets`), the dependency of its prepare stage
 after prepare. A task in `ablation.tasks` also gets its ablation rows' settings under
 `arms/<arm>/`: each row's `student.json` (what it trains, at which seeds) and, for an arm with
 logits of its own, `augment.json`, the dependencies of that row's stages alone.
+
+Configure runs first in the DAG, before DVC removes any expensive output, so it also refuses
+a `teacher.model` that resolves to nothing (`bert.teacher_config`): a typo stops `dvc repro`
+here instead of deleting the trained teacher and then failing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.io import atomic_path, write_json
+from pipeline.artifacts import atomic_path
+from pipeline.bert import teacher_config
+from pipeline.io import write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.params import ArmStudent, AugmentParams, PerTaskSection, ablation_order, load_params
 from pipeline.tasks import TaskSpec
@@ -50,6 +56,7 @@ def main(task_name: str, params_path: Path) -> None:
     with stage_run(log, f"configure@{task_name}", params=params_path) as summary:
         sections = {"teacher": params.teacher, "augment": params.augment, "student": params.student}
         settings = resolve_settings(params.task(task_name), sections)
+        teacher_config(settings["teacher"]["model"])  # a typo fails here, before DVC removes the teacher
         if task_name in params.ablation.tasks:
             rows = {arm: params.arm(task_name, arm) for arm in ablation_order(params.ablation)}
             augments = {arm: params.arm_augment(task_name, arm) for arm in params.ablation.new_logits}

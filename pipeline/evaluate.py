@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from pipeline import paths
+from pipeline.artifacts import reading, require_artifact
 from pipeline.bert import load_teacher
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
@@ -289,8 +290,7 @@ def _check_inputs(task: TaskSpec) -> None:
         stage = f"student@{task.name}-{variant}"
         needed += [(paths.student_dir(task.name, variant), stage), (paths.curve_file(task.name, variant), stage)]
     for path, stage in needed:
-        if not path.exists():
-            raise PipelineError(f"{path}: not found (run: dvc repro {stage})")
+        require_artifact(path, {"": "directory", ".parquet": "Parquet", ".json": "JSON", ".csv": "CSV"}[path.suffix], stage)
 
 
 def unavailable_splits(task: TaskSpec) -> dict[str, str]:
@@ -313,19 +313,24 @@ def training_history(task: TaskSpec, name: str) -> dict[str, Any]:
     the deterministic metrics file.
     """
     if name == TEACHER:
-        training = json.loads((paths.teacher_dir(task.name) / TEACHER_TRAINING_FILE).read_text())
-        epochs = [{"epoch": e["epoch"], "train_loss": e["train_loss"], **e["metrics"]} for e in training["epochs"]]
-        return {"best_epoch": training["best_epoch"], "epochs": epochs, "settings": teacher_settings(training)}
+        path = paths.teacher_dir(task.name) / TEACHER_TRAINING_FILE
+        with reading(path, "teacher training record"):
+            training = json.loads(path.read_text(encoding="utf-8"))
+            epochs = [{"epoch": e["epoch"], "train_loss": e["train_loss"], **e["metrics"]} for e in training["epochs"]]
+            return {"best_epoch": training["best_epoch"], "epochs": epochs, "settings": teacher_settings(training)}
     from pipeline.models import TRAINING_FILE
 
-    training = json.loads((paths.student_dir(task.name, name) / TRAINING_FILE).read_text())
-    with paths.curve_file(task.name, name).open(newline="") as fh:
+    path, curve = paths.student_dir(task.name, name) / TRAINING_FILE, paths.curve_file(task.name, name)
+    with reading(path, "student training record"):
+        training = json.loads(path.read_text(encoding="utf-8"))
+        settings = student_settings(name, training)
+    with reading(curve, "training curve CSV"), curve.open(newline="", encoding="utf-8") as fh:
         epochs = [
             {"epoch": int(row["epoch"]), "train_loss": float(row["train_loss"]),
              **{k: float(v) for k, v in row.items() if k.startswith("eval_")}}
             for row in csv.DictReader(fh)
         ]
-    return {"best_epoch": training["best_epoch"], "epochs": epochs, "settings": student_settings(name, training)}
+    return {"best_epoch": training["best_epoch"], "epochs": epochs, "settings": settings}
 
 
 def teacher_settings(training: dict[str, Any]) -> dict[str, Any]:

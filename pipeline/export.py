@@ -41,7 +41,8 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, dir_sha256, file_sha256, load_task
+from pipeline.artifacts import atomic_path
+from pipeline.io import dir_sha256, file_sha256, load_task
 from pipeline.logs import get_logger, stage_run
 from pipeline.models import Student, load_student
 from pipeline.models.batching import PAD_ID
@@ -55,6 +56,7 @@ from pipeline.serve import (
     INT8_FILE,
     MANIFEST_FILE,
     VOCAB_FILE,
+    check_export_facts,
     session,
 )
 from pipeline.tasks import TaskSpec
@@ -261,6 +263,8 @@ def export_student(
             int8_error = float(np.abs(graph_logits(tmp / INT8_FILE, inputs) - expected).max())
             log.info("int8: %.2f of the float32 size, largest logit change %.3g on %d sample rows",
                      (tmp / INT8_FILE).stat().st_size / (tmp / FP32_FILE).stat().st_size, int8_error, CHECK_ROWS)
+        for model_file in (tmp / FP32_FILE, tmp / INT8_FILE) if params.int8 else (tmp / FP32_FILE,):
+            check_export_facts(tmp, config, list(student.vocab.words), model_file)  # what load_export checks
         manifest = {
             "format_version": EXPORT_FORMAT,
             "opset": params.opset,

@@ -1,10 +1,9 @@
-"""Data contracts (DESIGN.md §2), atomic writes and the source-file readers (TSV, CSV,
-JSON Lines, Parquet, and YAML as DVC reads it).
+"""Data contracts (DESIGN.md §2), the Parquet and JSON artifacts' writers and readers, and
+the source-file readers (TSV, CSV, JSON Lines, Parquet, and YAML as DVC reads it).
 
-Every artifact is written to a temporary sibling and renamed into place at the end, so a
-failed or interrupted stage never leaves a file DVC could mistake for a finished output.
-Every reader fails in one line naming the file and its fix: a missing, misplaced (a
-directory) or unreadable artifact names the stage that rewrites it.
+Artifacts are written and read through `pipeline.artifacts`: written whole or not at all,
+and a missing, damaged or mismatched one fails in one line naming the file and the stage
+that restores it.
 Parquet files carry their provenance (params, seeds, hashes) as JSON under the
 `pipeline` key of the file's key-value metadata.
 """
@@ -16,12 +15,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import secrets
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +23,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.artifacts import atomic_path, damaged, reading, require_artifact
 from pipeline.errors import PipelineError
-from pipeline.paths import prepare_stage, prepared_split, producing_stage, settings_file
+from pipeline.paths import prepare_stage, prepared_split, settings_file
 from pipeline.tasks import Column, SplitSpec, TaskSpec
 
 METADATA_KEY = b"pipeline"
@@ -69,64 +64,27 @@ def check_logits_match(
     it lives here, with the schema, so that no stage module imports another.
     """
     logits_path, corpus_path = Path(logits_path), Path(corpus_path)
-    rerun = f"rerun: dvc repro {producing_stage(logits_path)}"
-    if not logits_path.is_file():
-        raise PipelineError(f"{logits_path}: file not found ({rerun})")
+    require_artifact(logits_path, "logits")
     meta = read_metadata(logits_path)
     if meta.get("task") != task.name or meta.get("num_labels") != task.num_labels:
-        raise PipelineError(
-            f"{logits_path}: logits are for task {meta.get('task')} with {meta.get('num_labels')} "
-            f"labels, not {task.name} with {task.num_labels} ({rerun})"
+        raise damaged(
+            logits_path,
+            f"logits are for task {meta.get('task')} with {meta.get('num_labels')} labels, "
+            f"not {task.name} with {task.num_labels}",
         )
     check_schema(pq.read_schema(logits_path), logits_schema(task.num_labels), logits_path)
     if meta.get("corpus_sha256") != file_sha256(corpus_path):
-        raise PipelineError(
-            f"{logits_path}: computed for another version of {corpus_path} "
-            f"(corpus hash differs; {rerun})"
-        )
+        raise damaged(logits_path, f"computed for another version of {corpus_path} (corpus hash differs)")
     rows = pq.ParquetFile(logits_path).metadata.num_rows
     corpus_rows = pq.ParquetFile(corpus_path).metadata.num_rows
     if not rows == meta.get("rows") == corpus_rows:
-        raise PipelineError(
-            f"{logits_path}: {rows} rows (metadata says {meta.get('rows')}) but "
-            f"{corpus_path} has {corpus_rows} ({rerun})"
+        raise damaged(
+            logits_path, f"{rows} rows (metadata says {meta.get('rows')}) but {corpus_path} has {corpus_rows}"
         )
     return meta
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the body succeeds.
-
-    Works for files and directories. The old `path` stays untouched until the rename. The
-    temporary lives in a sibling directory `.<name>.<8 hex digits>.tmp` (ignored by git and
-    DVC). A process killed mid-write cannot remove it, so each write first deletes those that
-    earlier writes of the same `path` left: one process writes an output at a time (DVC's
-    repo lock; under torchrun only the leader saves), so any that exists is debris.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _temp_siblings(path):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    target = tmp / path.name
-    try:
-        yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _temp_siblings(path: Path) -> list[Path]:
-    """The temporaries `atomic_path` made for `path`: for `sst2`, not those of `sst2.json`."""
-    own = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
-    return [p for p in path.parent.iterdir() if own.fullmatch(p.name)]
+# --------------------------------------------------------------------------- writing
 
 
 def with_metadata(schema: pa.Schema, metadata: dict[str, Any] | None) -> pa.Schema:
@@ -211,26 +169,10 @@ def decode_utf8(data: bytes, source: str) -> str:
         ) from None
 
 
-@contextmanager
-def _artifact_read(path: Path, kind: str, stage: str | None) -> Iterator[None]:
-    """Check an artifact exists; turn a truncated or corrupt one into a line naming its stage.
-
-    `stage` defaults to the stage whose output `path` is (`paths.producing_stage`).
-    """
-    stage = stage or producing_stage(path)
-    repro = f"dvc repro {stage}" if stage else "dvc repro"
-    require_file(path, "file", f"run: {repro}")
-    try:
-        yield
-    except (ValueError, OSError, pa.ArrowException) as exc:  # ArrowInvalid, JSONDecodeError, ...
-        reason = str(exc).strip().splitlines()[0]
-        raise PipelineError(f"{path}: unreadable {kind} file ({reason}); rerun: {repro}") from None
-
-
 def read_table(path: Path | str, schema: pa.Schema | None = None) -> pa.Table:
     """Read a Parquet artifact, checking it is whole and carries the expected columns and types."""
     path = Path(path)
-    with _artifact_read(path, "Parquet", None):
+    with reading(path, "Parquet"):
         table = pq.read_table(path)
     if schema is not None:
         check_schema(table.schema, schema, path)
@@ -240,27 +182,27 @@ def read_table(path: Path | str, schema: pa.Schema | None = None) -> pa.Table:
 def read_json(path: Path | str, stage: str | None = None) -> Any:
     """Read a JSON artifact (metrics), failing in one line when it is missing or truncated."""
     path = Path(path)
-    with _artifact_read(path, "JSON", stage):
+    with reading(path, "JSON", stage):
         return json.loads(path.read_text(encoding="utf-8"))
 
 
 def check_schema(actual: pa.Schema, expected: pa.Schema, path: Path | str) -> None:
+    """Refuse an artifact without the contract's columns and types (another stage's or
+    another version's file)."""
     for field_ in expected:
         if field_.name not in actual.names:
-            raise PipelineError(f"{path}: missing column {field_.name!r} (expected {expected.names})")
+            raise damaged(path, f"missing column {field_.name!r} (expected {expected.names})")
         got = actual.field(field_.name).type
         if got != field_.type:
-            raise PipelineError(
-                f"{path}: column {field_.name!r} has type {got}, expected {field_.type}"
-            )
+            raise damaged(path, f"column {field_.name!r} has type {got}, expected {field_.type}")
 
 
 def read_metadata(path: Path | str) -> dict[str, Any]:
     """The provenance JSON stored with a Parquet artifact ({} when there is none)."""
     path = Path(path)
-    with _artifact_read(path, "Parquet", None):
+    with reading(path, "Parquet"):
         raw = pq.read_schema(path).metadata or {}
-    return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else {}
+        return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else {}
 
 
 def file_sha256(path: Path | str) -> str:
@@ -325,10 +267,15 @@ class SourceRows:
 
 
 def parse_glue_tsv(
-    text: str, task: TaskSpec, split: SplitSpec, source: str, max_text_chars: int | None = None
+    text: str,
+    task: TaskSpec,
+    split: SplitSpec,
+    source: str,
+    max_text_chars: int | None = None,
+    max_tokens: int | None = None,
 ) -> ParsedSplit:
     """Parse one GLUE TSV held in memory (`glue_tsv_rows`, then `parse_rows`)."""
-    return parse_rows(glue_tsv_rows(text, task, source), task, split, source, max_text_chars)
+    return parse_rows(glue_tsv_rows(text, task, source), task, split, source, max_text_chars, max_tokens)
 
 
 def glue_tsv_rows(text: str, task: TaskSpec, source: str) -> SourceRows:
@@ -438,6 +385,38 @@ def read_source(path: Path, task: TaskSpec, split: SplitSpec) -> SourceRows:
     return csv_rows(text, str(path))
 
 
+def token_count(text: str, bound: int | None) -> int:
+    """The tokens the student reads for `text` (`pipeline.text.normalize`, then a whitespace
+    split), counted only when they could exceed `bound`: every token holds at least one of the
+    text's characters, so a text of at most `bound` characters is within it uncounted (0)."""
+    if bound is None or len(text) <= bound:
+        return 0
+    from pipeline.text import normalize  # NLTK, for the few long rows only
+
+    return len(normalize(text).split())
+
+
+def _wrong_type(record: dict[Column, Any], task: TaskSpec, columns: list[Column]) -> str | None:
+    """Why a typed row (JSON Lines, Parquet) holds a value no column of its kind can: a text
+    that is not a string, a label that is neither a string nor a number nor a boolean. Such
+    a value would otherwise be read as its Python spelling ("['a', 'b']")."""
+    for column in columns:
+        value = record[column]
+        if value is None or isinstance(value, str):
+            continue
+        if column == task.label_column and isinstance(value, (int, float, bool)):
+            continue
+        if column == task.label_column:
+            return f"label {column!r} is {_type_name(value)}, not a string or a number"
+        return f"text {column!r} is {_type_name(value)}, not a string"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    names = {list: "a list", dict: "an object", bytes: "a byte string", bool: "a boolean", int: "a number", float: "a number"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), f"a {type(value).__name__}")
+
+
 def _cell(value: Any) -> str:
     """A field as text: labels and texts compare as the files spell them. Typed values
     (JSON, Parquet) read as written: 1 and 1.0 as "1", true as "true", a null or NaN as
@@ -452,13 +431,19 @@ def _cell(value: Any) -> str:
 
 
 def parse_rows(
-    rows: SourceRows, task: TaskSpec, split: SplitSpec, source: str, max_text_chars: int | None = None
+    rows: SourceRows,
+    task: TaskSpec,
+    split: SplitSpec,
+    source: str,
+    max_text_chars: int | None = None,
+    max_tokens: int | None = None,
 ) -> ParsedSplit:
     """Check every row of a split against the task; keep the good ones in SPLIT_SCHEMA columns.
 
     A column the task names that the file lacks fails at once, naming the columns found. A
     row with the wrong shape, an empty text (either side of a pair), a text longer than
-    `max_text_chars` or a label the task does not have is recorded in `bad_lines` and
+    `max_text_chars`, a text of more than `max_tokens` tokens (`token_count`), a value of
+    the wrong type (`_wrong_type`) or a label the task does not have is recorded in `bad_lines` and
     skipped (prepare enforces `data.max_bad_fraction`). `idx` is the row's position among
     the file's data rows, so skipped rows leave a gap rather than renumbering the rest.
     Surrounding whitespace of the text is stripped (SST-2 lines end in a space).
@@ -486,6 +471,10 @@ def parse_rows(
         if absent:
             out.bad_lines.append((line_no, f"no {', '.join(map(repr, absent))}"))
             continue
+        wrong_type = _wrong_type(record, task, wanted)
+        if wrong_type:
+            out.bad_lines.append((line_no, wrong_type))
+            continue
         text_a = _cell(record[task.text_a])
         text_b = _cell(record[task.text_b]) if task.is_pair else None
         if not text_a or text_b == "":
@@ -496,6 +485,10 @@ def parse_rows(
         if max_text_chars is not None and longest > max_text_chars:
             why = f"{longest:,} characters, over data.max_text_chars={max_text_chars}"
             out.bad_lines.append((line_no, why))
+            continue
+        most = max(token_count(text_a, max_tokens), token_count(text_b or "", max_tokens))
+        if max_tokens is not None and most > max_tokens:
+            out.bad_lines.append((line_no, f"{most:,} tokens, over data.max_tokens={max_tokens}"))
             continue
         label = -1
         if split.labelled:
@@ -522,7 +515,10 @@ def infer_labels(rows: SourceRows, task: TaskSpec, source: str) -> tuple[str, ..
     values = {
         _cell(record[task.label_column])
         for _, record in rows.records
-        if isinstance(record, dict) and all(c in record and _cell(record[c]) for c in columns)
+        if isinstance(record, dict)
+        and all(c in record for c in columns)
+        and not _wrong_type(record, task, columns)
+        and all(_cell(record[c]) for c in columns)
     }
     if len(values) < 2:
         raise PipelineError(

@@ -60,9 +60,9 @@ from pipeline import paths
 from pipeline.bert import load_teacher
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.errors import PipelineError
+from pipeline.artifacts import atomic_path, damaged, reading
 from pipeline.io import (
     AUGMENTED_SCHEMA,
-    atomic_path,
     dir_sha256,
     file_sha256,
     logits_schema,
@@ -349,15 +349,15 @@ def read_corpus(path: Path, task: TaskSpec) -> tuple[np.ndarray, pa.Array, pa.Ar
     """idx, text_a, text_b (None for single-sentence tasks) of the augmented corpus, checked."""
     table = read_table(path, AUGMENTED_SCHEMA)
     if table.num_rows == 0:
-        raise PipelineError(f"{path}: no rows (rerun: dvc repro {paths.producing_stage(path)})")
+        raise damaged(path, "no rows")
     idx = table.column("idx").to_numpy()
     if len(np.unique(idx)) != len(idx):
-        raise PipelineError(f"{path}: duplicate idx values; logits could not join 1:1 (rerun augment)")
+        raise damaged(path, "duplicate idx values; logits could not join 1:1")
     text_a = table.column("text_a").combine_chunks()
     text_b = table.column("text_b").combine_chunks() if task.is_pair else None
     for name, column in (("text_a", text_a), ("text_b", text_b)):
         if column is not None and column.null_count:
-            raise PipelineError(f"{path}: null {name} in a {task.name} corpus (rerun augment)")
+            raise damaged(path, f"null {name} in a {task.name} corpus")
     return idx, text_a, text_b
 
 
@@ -385,12 +385,13 @@ def chunk_file(scratch: Path, chunk: int) -> Path:
 
 
 def load_chunk(scratch: Path, chunk: int, rows: int, num_labels: int) -> np.ndarray:
-    path = chunk_file(scratch, chunk)
-    values = np.load(path)
+    """A saved chunk of logits (resumable state, not a DVC output: a bad one is deleted with
+    its directory)."""
+    path, fix = chunk_file(scratch, chunk), f"delete {scratch} and rerun"
+    with reading(path, "NumPy", fix=fix):
+        values = np.load(path)
     if values.shape != (rows, num_labels) or values.dtype != np.float32:
-        raise PipelineError(
-            f"{path}: unexpected shape {values.shape} {values.dtype}; delete {scratch} and rerun"
-        )
+        raise damaged(path, f"unexpected shape {values.shape} {values.dtype}", fix=fix)
     return values
 
 

@@ -105,6 +105,9 @@ class DataParams(_Section):
     # A longer text is a malformed row (skipped and reported with its line, like any other),
     # and `predict` refuses longer inputs: no stage's memory grows with one row's length.
     max_text_chars: int = Field(10_000, ge=100)
+    # So is a text of more words (as the student splits it, after pipeline.text.normalize):
+    # what one row costs the student, its LSTM steps, stays bounded when max_text_chars is raised.
+    max_tokens: int = Field(1_000, ge=10)
 
 
 class TeacherParams(PerTaskSection):

@@ -2,7 +2,9 @@
 
 Every input is read and checked (encoding, TAB layout for pair tasks, length) before the
 first line is printed, so a failing call writes nothing to stdout: a script that pipes the
-output never sees a header without rows.
+output never sees a header from a call that failed. An input with no texts (an empty file,
+or nothing on stdin) is not a failure: it prints the header alone and exits 0, a table with
+no rows (docs/export.md says the same).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def load_model(model_dir: Path) -> RawTextStudent | ExportedStudent:
 
 
 def main(model_dir: Path, texts: list[str], file: Path | None, batch_size: int) -> None:
-    """Print one TSV row per input: label, class probabilities, the input text."""
+    """Print a header, then one TSV row per input: label, class probabilities, the input text
+    (no inputs in the file or on stdin: the header alone)."""
     if not texts and file is None:
         raise PipelineError("nothing to classify: give texts as arguments or --file (one per line, '-' for stdin)")
     model = load_model(model_dir)

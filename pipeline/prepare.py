@@ -26,9 +26,9 @@ import pyarrow as pa
 
 from pipeline import paths
 from pipeline.errors import PipelineError
+from pipeline.artifacts import atomic_path
 from pipeline.io import (
     SourceRows,
-    atomic_path,
     declared_task,
     file_sha256,
     infer_labels,
@@ -61,14 +61,16 @@ def prepare_split(
     max_rows: int | None,
     max_bad_fraction: float,
     max_text_chars: int | None = None,
+    max_tokens: int | None = None,
 ) -> PreparedSplit:
     """Parse one split and enforce the bad-row budget; pure (rows in, table out)."""
-    parsed = parse_rows(rows, task, split, source, max_text_chars)
+    parsed = parse_rows(rows, task, split, source, max_text_chars, max_tokens)
     total = parsed.rows + len(parsed.bad_lines)
     if total == 0:
         raise PipelineError(f"{source}: empty split (no data rows); the {split.name} split needs rows")
     if parsed.rows == 0:
-        raise PipelineError(f"{source}: no usable rows ({total} data rows, all malformed or empty)")
+        first_line, why = parsed.bad_lines[0]
+        raise PipelineError(f"{source}: no usable rows ({total} data rows, all malformed or empty; line {first_line}: {why})")
     bad_fraction = len(parsed.bad_lines) / total
     if bad_fraction > max_bad_fraction:
         raise PipelineError(
@@ -201,7 +203,9 @@ def main(task_name: str, params_path: Path) -> None:
                 log.info("%s: classes inferred from train, in class-id order: %s", task.name, task.label_names)
                 check_f1_class(task)
             limit = data.max_train_rows if split.name == "train" else data.max_eval_rows
-            result = prepare_split(rows, task, split, str(path), limit, data.max_bad_fraction, data.max_text_chars)
+            result = prepare_split(
+                rows, task, split, str(path), limit, data.max_bad_fraction, data.max_text_chars, data.max_tokens
+            )
             if split.name == "train":
                 check_classes_in_train(task, result, str(path), limit)
             if result.bad_lines:

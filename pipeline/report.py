@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.artifacts import atomic_path
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, file_sha256, read_json
+from pipeline.io import file_sha256, read_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import primary_metric
 from pipeline.params import load_params

@@ -32,11 +32,13 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from pipeline.artifacts import damaged, reading, require_artifact
 from pipeline.errors import PipelineError
 
 EXPORT_FORMAT = 1
@@ -179,37 +181,176 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> Any:
-    try:
+def _read_json(path: Path, kind: str) -> Any:
+    with reading(path, kind):
         return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise PipelineError(f"{path}: unreadable ({exc}); re-export: dvc repro export") from None
 
 
 def verify_export(directory: Path | str) -> dict[str, Any]:
     """The manifest of an export directory, after checking its format and every file's sha256."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise PipelineError(f"{directory}: export directory not found (export a student: dvc repro export)")
+    require_artifact(directory, "export directory")
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise PipelineError(f"{directory}: not an export directory (no {MANIFEST_FILE}); re-export: dvc repro export")
-    manifest = _read_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("format_version") != EXPORT_FORMAT:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise PipelineError(
-            f"{manifest_path}: export format {found}, this runtime reads format {EXPORT_FORMAT}; "
-            "re-export with this version: dvc repro export"
-        )
-    if not isinstance(manifest.get("files"), dict):
-        raise PipelineError(f"{manifest_path}: no file list (not written by the export stage); re-export: dvc repro export")
+        raise damaged(directory, f"not an export directory (no {MANIFEST_FILE})")
+    manifest = _read_json(manifest_path, "export manifest")
+    found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if found != EXPORT_FORMAT:
+        raise damaged(manifest_path, f"export format {found}, this runtime reads format {EXPORT_FORMAT}")
+    if not isinstance(manifest.get("files"), dict) or CONFIG_FILE not in manifest["files"]:
+        raise damaged(manifest_path, "no file list with config.json (not written by the export stage)")
     for name, expected in manifest["files"].items():
         path = directory / name
         if not path.is_file():
-            raise PipelineError(f"{path}: missing from the export (listed in {MANIFEST_FILE}); re-export: dvc repro export")
+            raise damaged(path, f"missing from the export (listed in {MANIFEST_FILE})")
         if _sha256(path) != expected:
-            raise PipelineError(f"{path}: sha256 differs from {MANIFEST_FILE} (changed after export); re-export: dvc repro export")
+            raise damaged(path, f"sha256 differs from {MANIFEST_FILE} (changed after export)")
     return manifest
+
+
+# --------------------------------------------------------------------------- the graph's facts
+
+# What a model file must hold for its name: int8 weights in model.int8.onnx, none in model.onnx.
+QUANTIZED_OPS = frozenset({
+    "DynamicQuantizeLSTM", "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear",
+    "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "ConvInteger", "QLinearConv",
+})
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What an ONNX file says about itself: its operators, inputs, output width and the rows
+    of its embedding table (the table its first Gather reads)."""
+
+    op_types: frozenset[str]
+    inputs: tuple[str, ...]
+    output_width: int | None
+    embedding_rows: int | None
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.op_types & QUANTIZED_OPS)
+
+
+def graph_facts(data: bytes) -> GraphFacts:
+    """Read an ONNX ModelProto's graph straight from its protobuf wire format: the runtime
+    cannot ask onnxruntime for operators or initializer shapes, and the `onnx` package is not
+    what a server installs. Large tensors are skipped, never copied."""
+    graph = _one(_fields(memoryview(data)), 7)  # ModelProto.graph
+    if graph is None:
+        raise ValueError("no graph in the file")
+    op_types, gathered, tables, inputs, outputs = set(), [], {}, [], []
+    for number, value in _fields(graph):
+        if number == 1:  # NodeProto: input = 1, op_type = 4
+            node = list(_fields(value))
+            op_type = _text(_one(node, 4))
+            op_types.add(op_type)
+            if op_type == "Gather":
+                gathered.append(_text(_one(node, 1)))
+        elif number == 5:  # TensorProto initializer: dims = 1, name = 8
+            tensor = list(_fields(value))
+            tables[_text(_one(tensor, 8))] = _ints(v for n, v in tensor if n == 1)
+        elif number in (11, 12):  # ValueInfoProto input / output: name = 1, type = 2
+            (inputs if number == 11 else outputs).append(list(_fields(value)))
+    names = tuple(_text(_one(i, 1)) for i in inputs if _text(_one(i, 1)) not in tables)
+    embedding = next((tables[name] for name in gathered if len(tables.get(name, ())) == 2), None)
+    return GraphFacts(frozenset(op_types), names, _last_dim(outputs[0]) if outputs else None,
+                      embedding[0] if embedding else None)
+
+
+def _fields(message: memoryview):  # noqa: ANN202 - yields (field number, int or memoryview)
+    position, end = 0, len(message)
+    while position < end:
+        key, position = _varint(message, position)
+        wire = key & 7
+        if wire == 0:
+            value, position = _varint(message, position)
+        elif wire == 2:
+            size, position = _varint(message, position)
+            value, position = message[position : position + size], position + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, position = message[position : position + size], position + size
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {position}: not an ONNX model")
+        if position > end:
+            raise ValueError("the file ends inside a field (truncated)")
+        yield key >> 3, value
+
+
+def _varint(data: memoryview, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if position >= len(data):
+            raise ValueError("the file ends inside a number (truncated)")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+
+
+def _one(fields, number: int):  # noqa: ANN001, ANN202
+    return next((value for n, value in fields if n == number), None)
+
+
+def _text(value: memoryview | None) -> str:
+    return bytes(value).decode("utf-8") if value is not None else ""
+
+
+def _ints(values) -> tuple[int, ...]:  # noqa: ANN001 - repeated int64: one varint each, or packed
+    out: list[int] = []
+    for value in values:
+        if isinstance(value, int):
+            out.append(value)
+        else:
+            position = 0
+            while position < len(value):
+                number, position = _varint(value, position)
+                out.append(number)
+    return tuple(out)
+
+
+def _last_dim(value_info: list) -> int | None:
+    """TypeProto.tensor_type.shape's last dim_value (type = 2, tensor_type = 1, shape = 2, dim = 1)."""
+    shape = _one(_fields(_one(_fields(_one(value_info, 2) or memoryview(b"")), 1) or memoryview(b"")), 2)
+    dims = [list(_fields(d)) for n, d in _fields(shape or memoryview(b"")) if n == 1]
+    return _one(dims[-1], 1) if dims else None
+
+
+def check_export_facts(directory: Path, config: dict[str, Any], words: list[str], model: Path) -> None:
+    """Refuse an export whose files disagree: config.json's label names, text fields, inputs
+    and student sizes (the manifest's sha256 vouches for them) against the vocabulary and
+    against the ONNX graph itself (inputs, output width, embedding rows, int8 or not)."""
+    student = config["student"]
+    labels, fields = config["label_names"], config["text_fields"]
+    pair = len(fields) == 2
+    expected_inputs = ["ids_a", "lengths_a", "ids_b", "lengths_b"] if pair else ["ids", "lengths"]
+    problems = [
+        (len(fields) not in (1, 2) or student["is_pair"] != pair,
+         f"text_fields {fields} disagree with a {'pair' if student['is_pair'] else 'single-sentence'} student"),
+        (list(student["label_names"]) != list(labels), f"label_names {labels} differ from the student's {student['label_names']}"),
+        (config["inputs"] != expected_inputs, f"inputs {config['inputs']}, a {'pair' if pair else 'single-sentence'} model has {expected_inputs}"),
+    ]
+    for bad, problem in problems:
+        if bad:
+            raise damaged(directory / CONFIG_FILE, problem)
+    if len(words) != student["vocab_size"] + student["backoff_size"]:
+        raise damaged(directory / VOCAB_FILE, f"{len(words)} words, config.json says "
+                      f"{student['vocab_size']} + {student['backoff_size']} backoff")
+    with reading(model, "ONNX"):
+        facts = graph_facts(model.read_bytes())
+    int8 = model.name == INT8_FILE
+    problems = [
+        (list(facts.inputs) != expected_inputs, f"graph inputs {list(facts.inputs)}, config.json says {expected_inputs}"),
+        (facts.output_width != len(labels), f"graph outputs {facts.output_width} logits, config.json names {len(labels)} labels"),
+        (facts.embedding_rows != len(words), f"embedding table of {facts.embedding_rows} rows, vocab.json has {len(words)} words"),
+        (facts.quantized != int8, "an int8 graph under the float32 name" if facts.quantized else "a float32 graph under the int8 name"),
+    ]
+    for bad, problem in problems:
+        if bad:
+            raise damaged(model, problem)
 
 
 def session(model: Path | str | bytes, threads: int | None) -> ort.InferenceSession:
@@ -232,19 +373,23 @@ class ExportedStudent:
     def __init__(self, directory: Path, int8: bool, threads: int | None) -> None:
         self.path = directory
         self.manifest = verify_export(directory)
-        config = _read_json(directory / CONFIG_FILE)
-        self.task: str = config["task"]
-        self.variant: str = config["variant"]
-        self.label_names: tuple[str, ...] = tuple(config["label_names"])
-        self.text_fields: tuple[str, ...] = tuple(config["text_fields"])
-        self.is_pair = len(self.text_fields) == 2
-        self.tokenizer = Tokenizer(_read_json(directory / VOCAB_FILE), config["lowercase"])
+        config = _read_json(directory / CONFIG_FILE, "export config")
+        words = _read_json(directory / VOCAB_FILE, "vocabulary")
         model = directory / (INT8_FILE if int8 else FP32_FILE)
         if model.name not in self.manifest["files"]:
             why = " (exported with export.int8: false)" if int8 else ""
             raise PipelineError(f"{directory}: this export has no {model.name}{why}")
+        with reading(directory / CONFIG_FILE, "export config"):  # a field missing or of another type
+            check_export_facts(directory, config, words, model)
+            self.task: str = config["task"]
+            self.variant: str = config["variant"]
+            self.label_names: tuple[str, ...] = tuple(config["label_names"])
+            self.text_fields: tuple[str, ...] = tuple(config["text_fields"])
+            self.tokenizer = Tokenizer(words, config["lowercase"])
+        self.is_pair = len(self.text_fields) == 2
         self.model_file = model
-        self.session = session(model, threads)
+        with reading(model, "ONNX"):
+            self.session = session(model, threads)
 
     def encode(self, text_a: Sequence[str], text_b: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The model's inputs for one batch of raw texts, rows in the given order.

@@ -36,10 +36,10 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
+from pipeline.artifacts import atomic_path
 from pipeline.io import (
     AUGMENTED_SCHEMA,
     SPLIT_SCHEMA,
-    atomic_path,
     check_logits_match,
     file_sha256,
     logits_schema,

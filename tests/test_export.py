@@ -238,6 +238,87 @@ def test_wrong_input_shape_is_refused(exported):
             export.encode(["a film"], ["a film"])
 
 
+def _tamper(export_dir: Path, **files: bytes) -> None:
+    """Rewrite export files and their sha256 in the manifest, as a hand edit that knows about the
+    manifest (or a copy mixed from two exports) would: only the facts can tell."""
+    manifest = json.loads((export_dir / serve.MANIFEST_FILE).read_text())
+    for name, data in files.items():
+        (export_dir / name).write_bytes(data)
+        manifest["files"][name] = serve._sha256(export_dir / name)
+    (export_dir / serve.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _config_with(export_dir: Path, **changes) -> bytes:
+    config = json.loads((export_dir / serve.CONFIG_FILE).read_text())
+    for key, value in changes.items():
+        if key.startswith("student_"):
+            config["student"][key.removeprefix("student_")] = value
+        else:
+            config[key] = value
+    return json.dumps(config).encode()
+
+
+@pytest.mark.parametrize(
+    "mismatch",
+    ["labels", "labels-everywhere", "vocab-shortened", "vocab-and-config", "pair-config", "fp32-int8-swapped",
+     "int8-under-fp32", "onnx-truncated", "onnx-other-format", "config-field-missing"],
+)
+def test_an_export_whose_files_disagree_is_refused_before_any_prediction(exported, mismatch):
+    """What the files say of each other and what the ONNX graph says of itself must agree; a
+    tampered export is one line naming the file and the disagreement, never a prediction."""
+    student, _, export_dir = exported
+    fp32, int8 = (export_dir / serve.FP32_FILE).read_bytes(), (export_dir / serve.INT8_FILE).read_bytes()
+    words = json.loads((export_dir / serve.VOCAB_FILE).read_text())
+    labels = list(student.config.label_names)
+    pair = student.config.is_pair
+    shorter = json.dumps(words[:-3]).encode()
+    cases = {
+        "labels": ({serve.CONFIG_FILE: _config_with(export_dir, label_names=labels[:1])},
+                   "config.json: label_names .* differ from the student's"),
+        "labels-everywhere": ({serve.CONFIG_FILE: _config_with(export_dir, label_names=labels + ["x"], student_label_names=labels + ["x"])},
+                              "model.onnx: graph outputs 2 logits, config.json names 3 labels"),
+        "vocab-shortened": ({serve.VOCAB_FILE: shorter}, f"vocab.json: {len(words) - 3} words, config.json says"),
+        "vocab-and-config": ({serve.VOCAB_FILE: shorter, serve.CONFIG_FILE: _config_with(
+            export_dir, student_vocab_size=student.config.vocab_size - 3)},
+            f"model.onnx: embedding table of {len(words)} rows, vocab.json has {len(words) - 3} words"),
+        "pair-config": ({serve.CONFIG_FILE: _config_with(
+            export_dir, text_fields=["a"] if pair else ["a", "b"], student_is_pair=not pair,
+            inputs=["ids", "lengths"] if pair else ["ids_a", "lengths_a", "ids_b", "lengths_b"])},
+            "model.onnx: graph inputs .*, config.json says"),
+        "fp32-int8-swapped": ({serve.FP32_FILE: int8, serve.INT8_FILE: fp32}, "model.onnx: an int8 graph under the float32 name"),
+        "int8-under-fp32": ({serve.FP32_FILE: int8}, "model.onnx: an int8 graph under the float32 name"),
+        "onnx-truncated": ({serve.FP32_FILE: fp32[: len(fp32) // 2]}, r"model.onnx: not a readable ONNX file \(.*truncated"),
+        "onnx-other-format": ({serve.FP32_FILE: b"PK\x03\x04 a zip file"}, "model.onnx: not a readable ONNX file"),
+        "config-field-missing": ({serve.CONFIG_FILE: json.dumps({"task": "x"}).encode()},
+                                 r"config.json: not a readable export config file \('student'\)"),
+    }
+    files, expected = cases[mismatch]
+    _tamper(export_dir, **files)
+    with pytest.raises(PipelineError, match=expected) as error:
+        serve.load_export(export_dir)
+    assert "\n" not in str(error.value)
+    text = "a good film\tgood" if pair else "a good film"
+    result = CliRunner().invoke(app, ["predict", str(export_dir), text])
+    assert result.exit_code == 1 and result.stdout == "", result.output
+
+
+def test_the_int8_file_is_checked_as_well(exported):
+    _, _, export_dir = exported
+    _tamper(export_dir, **{serve.INT8_FILE: (export_dir / serve.FP32_FILE).read_bytes()})
+    serve.load_export(export_dir)  # model.onnx is fine
+    with pytest.raises(PipelineError, match="model.int8.onnx: a float32 graph under the int8 name"):
+        serve.load_export(export_dir, int8=True)
+
+
+def test_an_empty_input_prints_the_header_alone(exported):
+    student, _, export_dir = exported
+    result = CliRunner().invoke(app, ["predict", str(export_dir), "--file", "-"], input="")
+    assert result.exit_code == 0, result.output
+    columns = ["text_a", "text_b"] if student.config.is_pair else ["text_a"]
+    probabilities = [f"p_{name}" for name in student.config.label_names]
+    assert result.stdout == "\t".join(["label", *probabilities, *columns]) + "\n"
+
+
 def test_runtime_serves_without_torch_nltk_or_arrow(exported):
     """The runtime is what a server installs: onnxruntime and numpy, nothing heavier."""
     _, _, export_dir = exported

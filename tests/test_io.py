@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 
 from pipeline import paths
+from pipeline.artifacts import atomic_path
 from pipeline.errors import PipelineError
 from pipeline.io import (
     AUGMENTED_SCHEMA,
     SPLIT_SCHEMA,
-    atomic_path,
     dir_sha256,
     logits_schema,
     read_json,
@@ -67,7 +67,7 @@ def test_schema_mismatch_is_a_clear_error(tmp_path):
     path = write_table(_split_table(), tmp_path / "split.parquet")
     with pytest.raises(PipelineError, match="missing column 'source_idx'"):
         read_table(path, AUGMENTED_SCHEMA)
-    with pytest.raises(PipelineError, match="file not found .*dvc repro"):
+    with pytest.raises(PipelineError, match="nope.parquet: Parquet file not found; check the path, or re-make it: dvc repro$"):
         read_table(tmp_path / "nope.parquet")
     logits = pa.table({"idx": [0], "logits": pa.array([[0.5, 1.5, 2.5]], pa.list_(pa.float32(), 3))})
     path = write_table(logits, tmp_path / "logits.parquet")
@@ -91,15 +91,15 @@ def test_truncated_artifacts_name_the_stage_that_rewrites_them(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     split = write_table(_split_table(), paths.prepared_split("sst2", "train"))
     split.write_bytes(split.read_bytes()[:-100])
-    expected = "data/glue/sst2/train.parquet: unreadable Parquet file ("
+    expected = "data/glue/sst2/train.parquet: not a readable Parquet file ("
     for read in (read_table, read_metadata):
         with pytest.raises(PipelineError) as failure:
             read(split)
         assert str(failure.value).startswith(expected), failure.value
-        assert str(failure.value).endswith("; rerun: dvc repro prepare@sst2")
+        assert str(failure.value).endswith("; re-make it: dvc repro prepare@sst2")
     metrics = write_json({"teacher": {"eval_accuracy": 0.9}}, paths.metrics_file("qqp"))
     metrics.write_text(metrics.read_text()[:20])
-    expected = r"^metrics/evaluate/qqp.json: unreadable JSON file \(.*: line 3 column 4 .*\); rerun: dvc repro evaluate@qqp$"
+    expected = r"^metrics/evaluate/qqp.json: not a readable JSON file \(.*: line 3 column 4 .*\); re-make it: dvc repro evaluate@qqp$"
     with pytest.raises(PipelineError, match=expected):
         read_json(metrics)
 
@@ -107,8 +107,8 @@ def test_truncated_artifacts_name_the_stage_that_rewrites_them(tmp_path, monkeyp
 def test_a_directory_where_an_artifact_goes_is_called_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths.logits("qqp").mkdir(parents=True)
-    with pytest.raises(PipelineError, match=r"^data/logits/qqp.parquet: is a directory, not a file "
-                                            r"\(run: dvc repro label@qqp\)$"):
+    with pytest.raises(PipelineError, match=r"^data/logits/qqp.parquet: a directory, not a Parquet file; "
+                                            r"re-make it: dvc repro label@qqp$"):
         read_table(paths.logits("qqp"))
 
 
@@ -138,7 +138,7 @@ def test_producing_stage_follows_the_layout(path, stage):
 SLOW_WRITER = """
 import sys, time
 from pathlib import Path
-from pipeline.io import atomic_path
+from pipeline.artifacts import atomic_path
 
 with atomic_path(Path(sys.argv[1])) as tmp:
     tmp.mkdir()

@@ -313,8 +313,8 @@ def test_teacher_with_another_label_count_is_refused(project, tiny_bert_factory)
 
 def test_missing_inputs_are_refused(project):
     shutil.rmtree(paths.teacher_dir("mnli"))
-    with pytest.raises(PipelineError, match="no teacher checkpoint"):
+    with pytest.raises(PipelineError, match="^models/teacher/mnli: teacher directory not found; re-make it: dvc repro teacher@mnli$"):
         label.main("mnli", PARAMS)
     paths.augmented("sst2").unlink()
-    with pytest.raises(PipelineError, match="augmented/sst2.parquet: file not found"):
+    with pytest.raises(PipelineError, match="augmented/sst2.parquet: Parquet file not found; re-make it: dvc repro augment@sst2"):
         label.main("sst2", PARAMS)

@@ -594,6 +594,53 @@ def test_typed_and_unusual_values_read_as_written(workdir):
     assert prepared_rows("typed", "test")[0]["text_a"] == '"quoted" start'
 
 
+def test_values_of_the_wrong_type_are_malformed_rows_not_their_python_spelling(workdir, caplog):
+    """A JSON or Parquet text that is a list, an object or a number, and a label that is a list
+    or an object, would otherwise be trained on as "['a', 'b']": each is a malformed row,
+    reported with its line, and a label of that kind never becomes a class."""
+    good = [json.dumps({"t": f"text {i}", "y": ["a", "b"][i % 2]}) for i in range(8)]
+    bad = [json.dumps({"t": ["a", "list"], "y": "a"}), json.dumps({"t": {"an": "object"}, "y": "b"}),
+           json.dumps({"t": 5, "y": "a"}), json.dumps({"t": "fine text", "y": ["a"]}),
+           json.dumps({"t": "fine text", "y": {"c": 1}})]
+    dev = "\n".join(good[:2]) + "\n"
+    params = write_dataset(
+        workdir, {"train.jsonl": "\n".join([*good, *bad]) + "\n", "dev.jsonl": dev},
+        name="typed", train="train.jsonl", dev="dev.jsonl", text="t", label="y", labels="infer",
+        data={"max_bad_fraction": 0.5},
+    )
+    prepare_main("typed", params)
+    assert read_metadata(paths.prepared_split("typed", "train"))["label_names"] == ["a", "b"]
+    assert [r["text_a"] for r in prepared_rows("typed", "train")] == [f"text {i}" for i in range(8)]
+    for why in ("line 9: text 't' is a list, not a string", "line 10: text 't' is an object, not a string",
+                "line 11: text 't' is a number, not a string", "line 12: label 'y' is a list, not a string or a number",
+                "line 13: label 'y' is an object, not a string or a number"):
+        assert why in caplog.text, why
+    # A Parquet column is one type: a column of lists leaves no usable row
+    pq.write_table(pa.Table.from_pylist([{"t": ["x", "y"], "y": "a"}, {"t": ["z"], "y": "b"}]), workdir / "dev.parquet")
+    params = write_dataset(
+        workdir, {"train.jsonl": "\n".join(good) + "\n", "dev.parquet": (workdir / "dev.parquet").read_bytes()},
+        name="typed", train="train.jsonl", dev="dev.parquet", text="t", label="y", labels="infer",
+    )
+    with pytest.raises(PipelineError, match=r"dev.parquet: no usable rows \(2 data rows, all malformed or empty; line 2: text 't' is a list, not a string\)$"):
+        prepare_main("typed", params)
+
+
+def test_a_row_of_more_tokens_than_data_max_tokens_is_malformed(workdir, sample_glue_dir, caplog):
+    """With data.max_text_chars raised, a long row still cannot cost the student more LSTM
+    steps than data.max_tokens: it is skipped with its line, counted as the student splits it."""
+    root = write_sst2_dir(workdir / "glue", sample_glue_dir, train_rows=400)
+    train = root / "SST-2" / "train.tsv"
+    lines = train.read_bytes().split(b"\n")
+    lines.insert(100, b"a long, long film " * 400 + b"\t0")  # 7,200 chars, 2,000 tokens ("," splits off)
+    lines.insert(200, b"word " * 990 + b"\t1")  # 990 tokens: kept
+    train.write_bytes(b"\n".join(lines))
+    params = write_params(workdir, ["sst2"], glue_dir=str(root), max_bad_fraction=0.01, max_text_chars=100_000)
+    prepare_main("sst2", params)
+    assert "skipped 1 malformed row(s): line 101: 2,000 tokens, over data.max_tokens=1000" in caplog.text
+    texts = pq.read_table(paths.prepared_split("sst2", "train")).column("text_a").to_pylist()
+    assert len(texts) == 401 and max(len(t.split()) for t in texts) == 990
+
+
 @pytest.mark.parametrize(
     ("files", "declaration", "message"),
     [

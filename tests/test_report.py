@@ -290,7 +290,7 @@ def test_missing_metrics_fail_clearly_and_keep_the_old_report(project):
     report.main(Path("params.yaml"))
     before = (project / "reports" / "results.md").read_text()
     paths.speed_file("qqp").unlink()
-    with pytest.raises(PipelineError, match=r"qqp_speed.json: file not found \(run: dvc repro evaluate@qqp\)"):
+    with pytest.raises(PipelineError, match=r"qqp_speed.json: JSON file not found; re-make it: dvc repro evaluate@qqp$"):
         report.main(Path("params.yaml"))
     assert (project / "reports" / "results.md").read_text() == before
     assert sorted(p.name for p in project.iterdir()) == ["metrics", "params.yaml", "reports"]
@@ -302,8 +302,8 @@ def test_truncated_metrics_name_the_stage_to_rerun(project):
     with pytest.raises(PipelineError) as failure:
         report.main(Path("params.yaml"))
     message = str(failure.value)
-    assert message.startswith("metrics/evaluate/sst2.json: unreadable JSON file (") and "\n" not in message
-    assert message.endswith("; rerun: dvc repro evaluate@sst2")
+    assert message.startswith("metrics/evaluate/sst2.json: not a readable JSON file (") and "\n" not in message
+    assert message.endswith("; re-make it: dvc repro evaluate@sst2")
 
 
 def test_metrics_without_epoch_history_are_refused(project):
@@ -524,7 +524,7 @@ def test_a_table_left_by_an_earlier_ablation_is_not_reported(project):
 
 def test_an_ablated_task_without_its_table_fails_in_one_line(project):
     write_params(project, ablated=["sst2"])
-    with pytest.raises(PipelineError, match=r"sst2_ablation.json: file not found \(run: dvc repro ablation@sst2\)"):
+    with pytest.raises(PipelineError, match=r"sst2_ablation.json: JSON file not found; re-make it: dvc repro ablation@sst2$"):
         report.main(Path("params.yaml"))
 
 

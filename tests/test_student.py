@@ -353,7 +353,7 @@ def test_predict_missing_model_is_one_error_line(tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert result.returncode == 1
-    expected = f"error: {tmp_path / 'nope'}: student directory not found (train it: dvc repro student)"
+    expected = f"error: {tmp_path / 'nope'}: student directory not found; check the path, or re-make it: dvc repro"
     assert result.stderr.strip().splitlines() == [expected]
 
 

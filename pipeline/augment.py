@@ -333,10 +333,7 @@ _shared: Any = None  # a worker process's copy of the data every task needs
 
 
 def _set_shared(shared: Any) -> None:
-    """A worker's start: keep `shared`, and leave Ctrl-C to the parent, which stops the pool
-    (a worker would print its own KeyboardInterrupt trace)."""
     global _shared
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _shared = shared
 
 
@@ -349,7 +346,13 @@ def ordered_map(fn: Callable[[S, T], R], shared: S, items: Iterable[T], workers:
     if workers == 1:
         yield from (fn(shared, item) for item in items)
         return
-    with multiprocessing.get_context().Pool(workers, initializer=_set_shared, initargs=(shared,)) as pool:
+    # Workers start with Ctrl-C ignored (the parent stops the pool; a worker would print its own trace)
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = multiprocessing.get_context().Pool(workers, initializer=_set_shared, initargs=(shared,))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    with pool:
         yield from pool.imap(partial(_call_with_shared, fn), items)
 
 

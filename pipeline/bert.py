@@ -5,6 +5,7 @@ Shared by `teacher` (fine-tuning), `label` (inference) and `evaluate` (metrics, 
 
 from __future__ import annotations
 
+import difflib
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,6 +93,37 @@ def teacher_config(name: str) -> tuple[str, PretrainedConfig]:
     return source, config
 
 
+def check_teacher_model(name: str) -> str | None:
+    """Configure's check that `teacher.model` names a checkpoint, made before `dvc repro`
+    removes any output: a local directory or the packaged teacher is checked whole
+    (`teacher_config`), a hub id must be cached or on the hub. One that cannot be looked up here
+    (not cached, and the hub unreachable or HF_HUB_OFFLINE set) passes with the warning this
+    returns: a teammate who pulled the trained teacher needs no checkpoint. Unless it is a near
+    miss of the packaged teacher's name, the default people edit: that is a typo."""
+    from huggingface_hub import constants, repo_exists, try_to_load_from_cache
+
+    source = resolve_checkpoint(name)  # refuses a missing path at once
+    if source != name or Path(source).exists() or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        teacher_config(name)
+        return None
+    found = None
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            found = repo_exists(name)
+        except Exception:  # noqa: BLE001 - unreachable, rate-limited, ...: cannot tell from here
+            found = None
+    if found:
+        return None
+    near = difflib.get_close_matches(name, [PACKAGED_TEACHER], n=1, cutoff=0.85)
+    if found is False or near:
+        where = "no such model on the hub" if found is False else (
+            "not a local directory, not in the Hugging Face cache, and the hub cannot be reached")
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise PipelineError(f"teacher.model={name}: {where}{hint}")
+    return (f"teacher.model={name}: not in the Hugging Face cache and the hub cannot be reached, so it "
+            "cannot be checked here; the teacher stage will need it")
+
+
 def quiet_transformers() -> None:
     """Keep transformers' own reporting out of stage logs: its load report (a table of
     MISSING keys, alarming for a head that is new on purpose) and its weight-loading and
@@ -115,9 +147,13 @@ def load_teacher(path: Path | str, task: TaskSpec):
     require_artifact(path, "teacher directory")
     with reading(path / "config.json", "teacher config"):
         config = AutoConfig.from_pretrained(path)
+        classes = tuple(config.id2label[i] for i in range(config.num_labels))
     require_weights(path, restore_hint(path))
     if config.num_labels != task.num_labels:
         raise damaged(path, f"teacher has {config.num_labels} labels but task {task.name} has {task.num_labels}")
+    unnamed = tuple(f"LABEL_{i}" for i in range(config.num_labels))  # transformers' default names
+    if classes not in (task.label_names, unnamed):
+        raise damaged(path, f"a teacher for classes {list(classes)}, not task {task.name}'s {list(task.label_names)}")
     weights = next(path / name for name in WEIGHT_FILES if (path / name).is_file())
     with reading(weights, "teacher weights"):
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()

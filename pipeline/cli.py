@@ -158,6 +158,7 @@ def main() -> None:
         print(f"error: {exc}{removed_outputs_hint('; ')}", file=sys.stderr)
         sys.exit(1)
     except Interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line short
         print(f"interrupted: {running_stage()}; {removed_outputs_hint('') or 'previous outputs kept'}", file=sys.stderr)
         sys.exit(130)
 
@@ -178,10 +179,9 @@ def running_stage() -> str:
 
 def removed_outputs_hint(separator: str) -> str:
     """Under `dvc repro`, which removes a stage's outputs before running it: how to get back
-    the ones dvc.lock records (`dvc checkout`, when DVC's cache holds them)."""
-    from pipeline.artifacts import removed_outputs
+    those dvc.lock records (`artifacts.removed_outputs_hint`), after `separator`; else ""."""
+    from pipeline import artifacts
 
     stage = os.environ.get("DVC_STAGE")
-    if not stage or not removed_outputs(stage):
-        return ""
-    return f"{separator}DVC removed the outputs dvc.lock records for {stage} before running it: dvc checkout {stage} restores them"
+    hint = artifacts.removed_outputs_hint(stage) if stage else ""
+    return f"{separator}{hint}" if hint else ""

@@ -14,8 +14,8 @@ after prepare. A task in `ablation.tasks` also gets its ablation rows' settings 
 logits of its own, `augment.json`, the dependencies of that row's stages alone.
 
 Configure runs first in the DAG, before DVC removes any expensive output, so it also refuses
-a `teacher.model` that resolves to nothing (`bert.teacher_config`): a typo stops `dvc repro`
-here instead of deleting the trained teacher and then failing.
+a `teacher.model` that resolves to nothing (`bert.check_teacher_model`): a typo stops `dvc
+repro` here instead of deleting the trained teacher and then failing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.artifacts import atomic_path
-from pipeline.bert import teacher_config
+from pipeline.bert import check_teacher_model
 from pipeline.io import write_json
 from pipeline.logs import get_logger, stage_run
 from pipeline.params import ArmStudent, AugmentParams, PerTaskSection, ablation_order, load_params
@@ -56,7 +56,9 @@ def main(task_name: str, params_path: Path) -> None:
     with stage_run(log, f"configure@{task_name}", params=params_path) as summary:
         sections = {"teacher": params.teacher, "augment": params.augment, "student": params.student}
         settings = resolve_settings(params.task(task_name), sections)
-        teacher_config(settings["teacher"]["model"])  # a typo fails here, before DVC removes the teacher
+        unchecked = check_teacher_model(settings["teacher"]["model"])  # a typo fails here, before DVC removes the teacher
+        if unchecked:
+            log.warning(unchecked)
         if task_name in params.ablation.tasks:
             rows = {arm: params.arm(task_name, arm) for arm in ablation_order(params.ablation)}
             augments = {arm: params.arm_augment(task_name, arm) for arm in params.ablation.new_logits}

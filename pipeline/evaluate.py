@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pipeline import paths
-from pipeline.artifacts import reading, require_artifact
+from pipeline.artifacts import damaged, reading, require_artifact
 from pipeline.bert import load_teacher
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
@@ -383,7 +383,11 @@ def load_exports(task: TaskSpec) -> dict[tuple[str, bool], ExportedStudent]:
     for variant in paths.STUDENT_VARIANTS:
         directory = paths.export_dir(task.name, variant)
         exports[variant, False] = load_export(directory, threads=torch.get_num_threads())
-        if INT8_FILE in exports[variant, False].manifest["files"]:
+        found = exports[variant, False]
+        if (found.task, found.label_names) != (task.name, task.label_names):
+            raise damaged(directory, f"an export of task {found.task} with classes {list(found.label_names)}, "
+                          f"not of {task.name} with {list(task.label_names)}")
+        if INT8_FILE in found.manifest["files"]:
             exports[variant, True] = load_export(directory, int8=True, threads=torch.get_num_threads())
     return exports
 

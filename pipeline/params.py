@@ -107,7 +107,7 @@ class DataParams(_Section):
     max_text_chars: int = Field(10_000, ge=100)
     # So is a text of more words (as the student splits it, after pipeline.text.normalize):
     # what one row costs the student, its LSTM steps, stays bounded when max_text_chars is raised.
-    max_tokens: int = Field(1_000, ge=10)
+    max_tokens: int = Field(2_000, ge=10)
 
 
 class TeacherParams(PerTaskSection):

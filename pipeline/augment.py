@@ -528,7 +528,7 @@ def main(task_name: str, params_path: Path, workers: int | None, arm: str | None
         raise PipelineError(f"--workers must be at least 1 (got {workers})")
     tagger = tagger_identity()
     train_path = paths.prepared_split(task.name, "train")
-    train = read_table(train_path, SPLIT_SCHEMA)
+    train = read_table(train_path, SPLIT_SCHEMA, task.name)
     if train.num_rows == 0:
         raise PipelineError(f"{train_path}: empty training split (rerun: dvc repro prepare@{task.name})")
     out = paths.augmented(task.name) if arm is None else paths.arm_augmented(task.name, arm)

@@ -165,7 +165,7 @@ def raw_texts(task: TaskSpec, table: Any) -> tuple[list[str], list[str] | None]:
 
 
 def load_eval_split(task: TaskSpec, spec: SplitSpec) -> EvalSplit:
-    table = read_table(paths.prepared_split(task.name, spec.name), SPLIT_SCHEMA)
+    table = read_table(paths.prepared_split(task.name, spec.name), SPLIT_SCHEMA, task.name)
     text_a, text_b = canonical_texts(task, table)
     return EvalSplit(spec, text_a, text_b, table.column("label").to_numpy(), *raw_texts(task, table))
 
@@ -407,7 +407,7 @@ def main(task_name: str, params_path: Path) -> None:
             for key, value in split_sizes(task, spec).items()
         }
         splits = [load_eval_split(task, spec) for spec in eval_specs]
-        train = read_table(paths.prepared_split(task.name, task.train_split.name), SPLIT_SCHEMA)
+        train = read_table(paths.prepared_split(task.name, task.train_split.name), SPLIT_SCHEMA, task.name)
         if params.throughput_rows is not None:
             train = train.slice(0, params.throughput_rows)
         train_a, train_b = canonical_texts(task, train)

@@ -169,13 +169,19 @@ def decode_utf8(data: bytes, source: str) -> str:
         ) from None
 
 
-def read_table(path: Path | str, schema: pa.Schema | None = None) -> pa.Table:
-    """Read a Parquet artifact, checking it is whole and carries the expected columns and types."""
+def read_table(path: Path | str, schema: pa.Schema | None = None, task: str | None = None) -> pa.Table:
+    """Read a Parquet artifact, checking it is whole, carries the expected columns and types
+    and (`task`) was not written for another task, as its metadata would say (a prepared split
+    or an augmented corpus copied from another task has the same columns)."""
     path = Path(path)
     with reading(path, "Parquet"):
         table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        written_for = json.loads(raw).get("task") if raw else None
     if schema is not None:
         check_schema(table.schema, schema, path)
+    if task is not None and written_for not in (None, task):
+        raise damaged(path, f"written for task {written_for}, not {task}")
     return table
 
 

@@ -347,7 +347,7 @@ def refuse_divergent_ranks(fingerprints: Sequence[dict[str, Any]]) -> None:
 
 def read_corpus(path: Path, task: TaskSpec) -> tuple[np.ndarray, pa.Array, pa.Array | None]:
     """idx, text_a, text_b (None for single-sentence tasks) of the augmented corpus, checked."""
-    table = read_table(path, AUGMENTED_SCHEMA)
+    table = read_table(path, AUGMENTED_SCHEMA, task.name)
     if table.num_rows == 0:
         raise damaged(path, "no rows")
     idx = table.column("idx").to_numpy()

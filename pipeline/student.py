@@ -325,7 +325,7 @@ def read_training_set(
     `originals_only`: a distilled student on the original rows alone with their teacher
     logits (the ablation's soft-targets-alone arm); the baseline reads only those anyway.
     """
-    corpus = read_table(corpus_path, AUGMENTED_SCHEMA)
+    corpus = read_table(corpus_path, AUGMENTED_SCHEMA, task.name)
     inputs: dict[str, Any] = {"corpus": str(corpus_path), "corpus_sha256": file_sha256(corpus_path)}
     if variant == "baseline":
         return baseline_set(corpus, task), inputs
@@ -399,7 +399,7 @@ def main(task_name: str, variant: str | None, params_path: Path, arm: str | None
         corpus_path, logits_path = paths.arm_augmented(task.name, arm), paths.arm_logits(task.name, arm)
     train, inputs = read_training_set(task, variant, corpus_path, logits_path, originals_only, params.ce_target)
     dev_split = task.eval_splits[0]
-    dev = eval_set(read_table(paths.prepared_split(task.name, dev_split.name), SPLIT_SCHEMA), task)
+    dev = eval_set(read_table(paths.prepared_split(task.name, dev_split.name), SPLIT_SCHEMA, task.name), task)
     device = pick_device()
     if params.threads is not None:
         torch.set_num_threads(params.threads)

@@ -503,9 +503,9 @@ def main(task_name: str, params_path: Path) -> None:
     task = load_task(task_name)
     params = load_settings(TeacherParams, task.name, params_path)
     checkpoint = check_checkpoint(params.model, task)
-    train_table = read_table(paths.prepared_split(task.name, "train"), SPLIT_SCHEMA)
+    train_table = read_table(paths.prepared_split(task.name, "train"), SPLIT_SCHEMA, task.name)
     eval_tables = [
-        (split, read_table(paths.prepared_split(task.name, split.name), SPLIT_SCHEMA))
+        (split, read_table(paths.prepared_split(task.name, split.name), SPLIT_SCHEMA, task.name))
         for split in paths.prepared_eval_splits(task)
     ]
     device = pick_device()

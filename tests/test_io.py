@@ -179,3 +179,13 @@ def test_temps_are_ignored_by_git_and_dvc(tmp_path, ignore_file):
     result = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.stdout.split() == names[:2]
+
+
+def test_a_parquet_artifact_of_another_task_is_refused(tmp_path, monkeypatch):
+    """SST-2's and CoLA's prepared splits have the same columns: their metadata tells them apart."""
+    monkeypatch.chdir(tmp_path)
+    split = write_table(_split_table(), paths.prepared_split("sst2", "train"), {"task": "cola"})
+    with pytest.raises(PipelineError, match=r"^data/glue/sst2/train.parquet: written for task cola, not sst2; "
+                                            r"re-make it: dvc repro prepare@sst2$"):
+        read_table(split, SPLIT_SCHEMA, "sst2")
+    assert read_table(split, SPLIT_SCHEMA, "cola").num_rows == 2

@@ -100,10 +100,12 @@ def check_teacher_model(name: str) -> str | None:
     (not cached, and the hub unreachable or HF_HUB_OFFLINE set) passes with the warning this
     returns: a teammate who pulled the trained teacher needs no checkpoint. Unless it is a near
     miss of the packaged teacher's name, the default people edit: that is a typo."""
+    source = resolve_checkpoint(name)  # refuses a missing path, or the packaged teacher not installed
+    if name == PACKAGED_TEACHER:
+        return None  # a BERT encoder by construction: no need to import transformers to say so
     from huggingface_hub import constants, repo_exists, try_to_load_from_cache
 
-    source = resolve_checkpoint(name)  # refuses a missing path at once
-    if source != name or Path(source).exists() or isinstance(try_to_load_from_cache(name, "config.json"), str):
+    if Path(source).exists() or isinstance(try_to_load_from_cache(name, "config.json"), str):
         teacher_config(name)
         return None
     found = None

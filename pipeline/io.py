@@ -176,8 +176,7 @@ def read_table(path: Path | str, schema: pa.Schema | None = None, task: str | No
     path = Path(path)
     with reading(path, "Parquet"):
         table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        written_for = json.loads(raw).get("task") if raw else None
+        written_for = _provenance(table.schema).get("task")
     if schema is not None:
         check_schema(table.schema, schema, path)
     if task is not None and written_for not in (None, task):
@@ -207,8 +206,12 @@ def read_metadata(path: Path | str) -> dict[str, Any]:
     """The provenance JSON stored with a Parquet artifact ({} when there is none)."""
     path = Path(path)
     with reading(path, "Parquet"):
-        raw = pq.read_schema(path).metadata or {}
-        return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else {}
+        return _provenance(pq.read_schema(path))
+
+
+def _provenance(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def file_sha256(path: Path | str) -> str:
@@ -272,16 +275,9 @@ class SourceRows:
     records: list[Record]
 
 
-def parse_glue_tsv(
-    text: str,
-    task: TaskSpec,
-    split: SplitSpec,
-    source: str,
-    max_text_chars: int | None = None,
-    max_tokens: int | None = None,
-) -> ParsedSplit:
-    """Parse one GLUE TSV held in memory (`glue_tsv_rows`, then `parse_rows`)."""
-    return parse_rows(glue_tsv_rows(text, task, source), task, split, source, max_text_chars, max_tokens)
+def parse_glue_tsv(text: str, task: TaskSpec, split: SplitSpec, source: str) -> ParsedSplit:
+    """Parse one GLUE TSV held in memory (`glue_tsv_rows`, then `parse_rows`, no length bounds)."""
+    return parse_rows(glue_tsv_rows(text, task, source), task, split, source)
 
 
 def glue_tsv_rows(text: str, task: TaskSpec, source: str) -> SourceRows:

@@ -164,10 +164,9 @@ def load_student(
     with reading(path / CONFIG_FILE, "student config"):
         raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         version = raw.pop("format_version", None)
-        if version == FORMAT_VERSION:
-            config = StudentConfig(**{**raw, "label_names": tuple(raw["label_names"])})
-    if version != FORMAT_VERSION:
-        raise damaged(path / CONFIG_FILE, f"student format {version}, this version reads format {FORMAT_VERSION}")
+        if version != FORMAT_VERSION:
+            raise damaged(path / CONFIG_FILE, f"student format {version}, this version reads format {FORMAT_VERSION}")
+        config = StudentConfig(**{**raw, "label_names": tuple(raw["label_names"])})
     if label_names is not None and config.label_names != label_names:
         raise damaged(path, f"classes {list(config.label_names)} differ from task {config.task}'s {list(label_names)}")
     with reading(path / VOCAB_FILE, "vocabulary"):
